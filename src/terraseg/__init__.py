@@ -1,0 +1,16 @@
+"""terraseg: semantic segmentation of camera images and LiDAR point clouds off-road.
+
+The public API lives in the sub-packages:
+
+- :mod:`terraseg.ontology`: label spaces (:class:`~terraseg.ontology.Ontology`), maps between them
+  (:class:`~terraseg.ontology.LabelMap`) and colour masks.
+- :mod:`terraseg.metrics`: the streaming :class:`~terraseg.metrics.ConfusionMatrix`, scores,
+  evaluation presets and reports.
+- :mod:`terraseg.io`: label image files and atomic writes.
+"""
+
+from terraseg.errors import ConfigError, DataError, TerrasegError
+
+__version__ = "0.1.0"
+
+__all__ = ["ConfigError", "DataError", "TerrasegError", "__version__"]

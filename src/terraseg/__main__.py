@@ -1,0 +1,5 @@
+"""``python -m terraseg`` runs the CLI."""
+
+from terraseg.cli import main
+
+main()
