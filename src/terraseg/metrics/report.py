@@ -43,16 +43,21 @@ def markdown_rows(result: EvalResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_columns(results: Mapping[str, EvalResult], bold_best: bool = True) -> str:
+def markdown_columns(results: Mapping[str, EvalResult], bold_best: bool = True, skip_absent: bool = False) -> str:
     """Per-class IoU with classes as columns and one row per model (the RELLIS-3D paper layout).
 
     ``results`` maps a model name to its result; all must share the preset's class list.
     With ``bold_best``, the best value of each column is bold when several models are compared.
+    With ``skip_absent``, classes that are undefined (``-``) for every model get no column.
     """
     names = list(results)
     first = results[names[0]].scores
     classes = first.class_names
     iou = np.array([results[n].scores.iou for n in names])
+    if skip_absent:
+        keep = ~np.all(np.isnan(iou), axis=0)
+        iou = iou[:, keep]
+        classes = [c for c, k in zip(classes, keep) if k]
     miou = np.array([results[n].fine_miou for n in names])
     header = "| Model | mIoU (%) | " + " | ".join(classes) + " |"
     sep = "|" + " --- |" * (len(classes) + 2)
@@ -190,8 +195,11 @@ def write_reports(result: EvalResult, out_dir: str | os.PathLike[str], matrix_cm
 
         assert isinstance(matrix_cm, ConfusionMatrix)
         paths["matrix"] = matrix_cm.save(out / "confusion.npz")
-        ids = result.scores.class_ids
+        sc = result.scores
+        present = (sc.gt_count + sc.pred_count) > 0  # classes absent everywhere would be empty rows
+        ids = sc.class_ids[present] if present.any() else sc.class_ids
+        names = [n for n, k in zip(sc.class_names, present) if k] if present.any() else sc.class_names
         sub = matrix_cm.matrix[np.ix_(ids, ids)]
-        paths["heatmap"] = plot_confusion(sub, result.scores.class_names, out / "confusion.png",
+        paths["heatmap"] = plot_confusion(sub, names, out / "confusion.png",
                                           title=f"{title}: row-normalised confusion")
     return paths

@@ -43,6 +43,10 @@ def decode_colors(rgb: np.ndarray, ontology: Ontology | str, unknown: str | int 
     arr = np.asarray(rgb)
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
         raise DataError(f"{source}: colour mask must have shape (H, W, 3), got {arr.shape}")
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind not in "ui" or (arr.size and (arr.min() < 0 or arr.max() > 255)):
+            raise DataError(f"{source}: colour mask values must be integers in 0..255 (dtype {arr.dtype})")
+        arr = arr.astype(np.uint8)
     keys = _pack(arr[..., :3])
     pal_keys = _pack(np.array([c.color for c in onto.classes], dtype=np.uint8))
     order = np.argsort(pal_keys)

@@ -215,8 +215,9 @@ class Ontology:
         d["classes"] = [{"id": c.id, "name": c.name, "color": color_hex(c.color),
                          **({"category": c.category} if c.category is not None else {})}
                         for c in self.classes]
+        from_fields = any(c.category is not None for c in self.classes)  # default grouping lives in the classes
         extra = {g: {k: list(v) for k, v in groups.items()}
-                 for g, groups in self.groupings.items() if g != self.default_grouping}
+                 for g, groups in self.groupings.items() if not (from_fields and g == self.default_grouping)}
         if extra:
             d["groupings"] = extra
         return d

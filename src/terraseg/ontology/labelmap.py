@@ -131,7 +131,8 @@ class LabelMap:
         """Map an array of source ids (any shape) to target ids with one lookup.
 
         With ``check`` (the default), ids that are not source classes raise :class:`DataError`
-        naming ``source``; without it they map to entry 0 of the table or raise IndexError.
+        naming ``source``. ``check=False`` skips that pass for callers that already know the ids
+        are valid; invalid ids then give undefined results (numpy indexing semantics).
         """
         arr = np.asarray(labels)
         if arr.dtype.kind not in "ui":
