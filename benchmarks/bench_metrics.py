@@ -8,11 +8,13 @@ Accumulating one ``C x C`` confusion matrix (rows = ground truth, columns = pred
 same data in the same run:
 
 ``terraseg numpy``
-    :class:`terraseg.metrics.ConfusionMatrix` fed the uint8 numpy arrays (uint16 when C > 256) as they are (the
-    CPU path: lookup tables + one ``np.bincount``, with id validation).
+    :class:`terraseg.metrics.ConfusionMatrix` fed the uint8 numpy arrays (uint16 when C > 256)
+    as they are (the CPU path: one ``np.bincount`` over raw (gt, pred) id pairs, then a fold of
+    the small pair table that drops ignored ids and validates ids).
 ``terraseg torch-cpu``
     The same class fed CPU torch tensors (``torch.from_numpy`` views of the uint8 arrays;
-    the view is made outside the timing and costs nothing).
+    the view is made outside the timing and costs nothing). CPU tensors are counted by the numpy
+    path through zero-copy views; GPU tensors are counted on the device.
 ``torchmetrics``
     ``torchmetrics.classification.MulticlassConfusionMatrix(num_classes=C)`` (default
     arguments, so ``validate_args=True``), ``update()`` once per pair, then ``compute()``.

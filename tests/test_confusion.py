@@ -44,7 +44,7 @@ def test_ignored_class_inside_range() -> None:
     assert cm.matrix.tolist() == [[0, 0, 0], [0, 1, 0], [1, 0, 1]]
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64, np.uint32])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64, np.uint32, np.uint64])
 def test_all_integer_dtypes_give_the_same_matrix(dtype: type) -> None:
     rng = np.random.default_rng(1)
     gt = rng.integers(0, 7, size=(33, 17))
@@ -64,6 +64,17 @@ def test_large_ids_and_negative_values_are_reported() -> None:
     # an invalid prediction where the ground truth is ignored is harmless
     cm.update(np.array([0, 77]), np.array([0, 255]))
     assert cm.total == 1
+
+
+def test_many_classes_and_large_ids_take_the_lookup_path() -> None:
+    rng = np.random.default_rng(4)
+    gt = rng.integers(0, 2000, 500)
+    pred = rng.integers(0, 2000, 500)
+    gt[:10] = 5000  # an ignore id far beyond the classes
+    cm = ConfusionMatrix(2000, ignore_ids=[5000]).update(pred, gt)
+    np.testing.assert_array_equal(cm.matrix, brute_force(pred, gt, 2000, ignore=(5000,)))
+    small = ConfusionMatrix(3, ignore_ids=[4000]).update(np.array([0, 1, 2]), np.array([4000, 1, 2]))
+    assert small.matrix.tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 1]]
 
 
 def test_sparse_valid_ids() -> None:
@@ -165,6 +176,25 @@ def test_torch_path_matches_numpy_and_accumulates_with_it() -> None:
     t.update(logits, torch.from_numpy(gt))  # logits on the torch path
     t.update(pred, gt)  # numpy update on the same object
     np.testing.assert_array_equal(t.matrix, 3 * ref.matrix)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_device_path_matches_numpy(dtype: torch.dtype) -> None:
+    """The on-device path (used for GPU tensors) gives the numpy result; exercised here on CPU."""
+    rng = np.random.default_rng(6)
+    gt = rng.integers(0, 12, size=(3, 40, 40)).astype(np.uint8)
+    pred = rng.integers(0, 12, size=(3, 40, 40)).astype(np.uint8)
+    gt[:, 0] = 255
+    ref = ConfusionMatrix(12, ignore_ids=[255], valid_ids=range(12)).update(pred, gt)
+    cm = ConfusionMatrix(12, ignore_ids=[255])
+    cm._update_torch(torch.from_numpy(pred).to(dtype), torch.from_numpy(gt).to(dtype))
+    cm._update_torch(torch.from_numpy(pred).to(dtype), torch.from_numpy(gt).to(dtype))
+    np.testing.assert_array_equal(cm.matrix, 2 * ref.matrix)
+    with pytest.raises(DataError, match="1 predicted values"):
+        cm._update_torch(torch.tensor([0, 13]).to(dtype), torch.tensor([0, 1]).to(dtype))
+    if dtype == torch.int64:  # negative and huge ids take the clamped path
+        with pytest.raises(DataError, match="2 ground-truth values"):
+            cm._update_torch(torch.tensor([0, 1, 2]), torch.tensor([-4, 1, 99999]))
 
 
 def test_torch_path_validates_ids() -> None:

@@ -6,10 +6,11 @@ counted. Ids that are not classes (outside ``0..num_classes-1``, or not in ``val
 sparse ontologies) raise :class:`~terraseg.errors.DataError`, because silently dropping them
 hides bugs in label maps.
 
-Accumulation is one table lookup per array followed by one ``bincount``: ground truth and
-prediction are each translated through a small lookup table into a bin offset (ignored and
-invalid ids go to extra sentinel bins), the two are added, and the sentinel bins are checked
-after counting, so the validation costs nothing extra on clean data.
+Accumulation is one ``bincount`` over raw ``(gt, pred)`` id pairs (``gt * S + pred`` with S = 256
+for uint8 labels), which is as fast as counting gets in numpy. The small S x S pair table is then
+folded: rows of ignored ids are dropped, and any count in a row or column of an id that is not a
+class raises. Validation therefore costs nothing extra on clean data. Ids that are negative or
+1024 and above take a slower lookup-table path.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from terraseg.metrics.scores import ClassScores
     from terraseg.ontology import Ontology
 
-_DIRECT_LUT_MAX = 1 << 16  # inputs whose ids fit below this use a direct lookup table
+_PAIR_MAX = 1024  # ids below this are counted as raw (gt, pred) pairs in an S x S table
 
 
 def _is_torch(x: Any) -> bool:
@@ -103,82 +104,101 @@ class ConfusionMatrix:
                                self.class_names, self.ontology_name)
 
     # ------------------------------------------------------------------ accumulation
-    def _tables(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Lookup tables of length ``size`` for ground truth and prediction.
-
-        Bin layout: rows 0..C-1 classes, row C = ignored, row C+1 = invalid ground truth;
-        columns 0..C-1 classes, column C = invalid prediction. gt_lut holds ``row * (C + 1)``.
-        """
-        key = ("np", size)
+    def _row_col(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where each id ``0..size-1`` goes: rows (class id, C = ignored, C+1 = invalid ground
+        truth) and columns (class id, C = invalid prediction), as int64 arrays."""
+        key = ("rc", size)
         if key not in self._luts:
             c = self.num_classes
-            nbins = (c + 2) * (c + 1)
-            dtype = np.uint16 if nbins <= 1 << 16 else np.int64
             ids = np.arange(size)
-            rows = np.full(size, c + 1, dtype=np.int64)
             in_range = ids < c
+            rows = np.full(size, c + 1, dtype=np.int64)
             rows[in_range] = np.where(self.valid[ids[in_range]], ids[in_range], c + 1)
-            for i in self.ignore_ids:
-                if i < size:
-                    rows[i] = c
+            rows[[i for i in self.ignore_ids if i < size]] = c
             cols = np.full(size, c, dtype=np.int64)
             cols[in_range] = np.where(self.valid[ids[in_range]], ids[in_range], c)
-            self._luts[key] = ((rows * (c + 1)).astype(dtype), cols.astype(dtype))
+            self._luts[key] = (rows, cols)
         return self._luts[key]
 
-    @staticmethod
-    def _lut_size(arr: np.ndarray, num_classes: int) -> int | None:
-        if arr.dtype == np.uint8:
-            return 256
-        if arr.dtype == np.uint16:
-            return 1 << 16
-        if arr.dtype.kind not in "ui":
-            raise DataError(f"label arrays must have an integer dtype, got {arr.dtype}")
-        if arr.size == 0:
-            return max(num_classes, 1)
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo >= 0 and hi < _DIRECT_LUT_MAX:
-            return max(hi + 1, num_classes)
-        return None
+    def _pair_size(self, lo: int, hi: int) -> int | None:
+        """Side S of the raw (ground truth, prediction) pair table, or None when ids are out of reach."""
+        if lo < 0 or hi >= _PAIR_MAX or self.num_classes > _PAIR_MAX:
+            return None
+        return max(hi + 1, self.num_classes)
 
     def _clamp_size(self) -> int:
-        """Table size for the clamped path; its last slot is neither a class nor an ignore id."""
+        """Table size for the fallback path; its last slot is neither a class nor an ignore id."""
         return max([self.num_classes, *(i + 1 for i in self.ignore_ids)]) + 1
-
-    def _offsets(self, arr: np.ndarray, gt: bool) -> np.ndarray:
-        size = self._lut_size(arr, self.num_classes)
-        if size is None:  # negative or huge ids: send everything beyond the table to its invalid last slot
-            size = self._clamp_size()
-            arr = np.where((arr < 0) | (arr >= size - 1), size - 1, arr)
-        glut, plut = self._tables(size)
-        return np.take(glut if gt else plut, arr)
 
     def update(self, pred: Any, target: Any) -> ConfusionMatrix:
         """Add a batch of predictions and ground truth of the same shape (any shape).
 
         ``pred`` may also hold scores or logits with one extra class axis at position 1
         (``(N, C, ...)`` against a ``(N, ...)`` target), which are reduced with argmax.
-        numpy arrays are counted on the CPU; torch tensors are counted on their device and
-        kept there until the matrix is read.
+        numpy arrays and CPU tensors are counted with numpy; GPU tensors are counted on their
+        device and kept there until the matrix is read (no host sync per update beyond one
+        small read for validation).
 
         Returns ``self`` so calls can be chained.
         """
         if _is_torch(pred) or _is_torch(target):
-            self._update_torch(pred, target)
-            return self
+            import torch
+
+            p_t = pred if _is_torch(pred) else torch.as_tensor(np.asarray(pred))
+            t_t = target if _is_torch(target) else torch.as_tensor(np.asarray(target))
+            if p_t.ndim == t_t.ndim + 1 and p_t.is_floating_point():
+                p_t = p_t.argmax(dim=1)
+            if p_t.device.type != "cpu" or t_t.device.type != "cpu":
+                self._update_torch(p_t, t_t)
+                return self
+            pred, target = p_t.detach().numpy(), t_t.detach().numpy()
         p, t = np.asarray(pred), np.asarray(target)
         if p.ndim == t.ndim + 1 and p.dtype.kind == "f":
             p = p.argmax(axis=1)
         if p.shape != t.shape:
             raise DataError(f"prediction shape {p.shape} differs from ground-truth shape {t.shape}")
+        if p.dtype.kind not in "ui" or t.dtype.kind not in "ui":
+            raise DataError(f"label arrays must have an integer dtype, got {p.dtype} and {t.dtype}")
         if p.size == 0:
             return self
-        idx = self._offsets(t.ravel(), gt=True) + self._offsets(p.ravel(), gt=False)
+        p, t = p.ravel(), t.ravel()
+        if p.dtype == np.uint8 and t.dtype == np.uint8:
+            size = self._pair_size(0, 255)
+        else:
+            size = self._pair_size(min(int(p.min()), int(t.min())), max(int(p.max()), int(t.max())))
+        if size is not None:
+            # count raw (gt, pred) id pairs with one bincount, then fold the small table
+            k = t.astype(np.intp)
+            k *= size
+            k += p if p.dtype != np.uint64 else p.astype(np.intp)
+            self._fold_pairs(np.bincount(k, minlength=size * size).reshape(size, size), size)
+        else:
+            self._update_fallback(p, t)
+        return self
+
+    def _fold_pairs(self, cnt: np.ndarray, size: int) -> None:
+        """Add an (S, S) table of raw id pairs: drop ignored rows, check invalid ids."""
         c = self.num_classes
+        rows, cols = self._row_col(size)
+        counted = rows < c
+        bad_gt = int(cnt[rows == c + 1].sum())
+        bad_pred = int(cnt[counted][:, cols == c].sum())
+        self._check_sentinels(bad_gt, bad_pred)
+        self._mat += cnt[:c, :c] * counted[:c, None]
+
+    def _update_fallback(self, p: np.ndarray, t: np.ndarray) -> None:
+        """Negative or very large ids: clamp them to an invalid slot and use lookup tables."""
+        c = self.num_classes
+        size = self._clamp_size()
+        rows, cols = self._row_col(size)
+
+        def clamp(a: np.ndarray) -> np.ndarray:
+            return np.where((a < 0) | (a >= size - 1), size - 1, a)
+
+        idx = rows[clamp(t)] * (c + 1) + cols[clamp(p)]
         counts = np.bincount(idx, minlength=(c + 2) * (c + 1)).reshape(c + 2, c + 1)
         self._check_sentinels(int(counts[c + 1].sum()), int(counts[:c, c].sum()))
         self._mat += counts[:c, :c]
-        return self
 
     def _check_sentinels(self, bad_gt: int, bad_pred: int) -> None:
         """Raise if any ground truth fell in the invalid row or any prediction in the invalid column."""
@@ -197,15 +217,12 @@ class ConfusionMatrix:
             return f"0..{self.num_classes - 1}"
         return ", ".join(map(str, v[:20])) + (" ..." if len(v) > 20 else "")
 
-    def _update_torch(self, pred: Any, target: Any) -> None:
+    def _update_torch(self, p: torch.Tensor, t: torch.Tensor) -> None:
+        """Count on the tensors' (GPU) device; the same pair-table scheme as the numpy path."""
         import torch
 
-        p = pred if _is_torch(pred) else torch.as_tensor(np.asarray(pred))
-        t = target if _is_torch(target) else torch.as_tensor(np.asarray(target), device=p.device)
         if p.device != t.device:
             t = t.to(p.device)
-        if p.ndim == t.ndim + 1 and p.is_floating_point():
-            p = p.argmax(dim=1)
         if p.shape != t.shape:
             raise DataError(f"prediction shape {tuple(p.shape)} differs from ground-truth shape {tuple(t.shape)}")
         if p.is_floating_point() or t.is_floating_point():
@@ -213,25 +230,34 @@ class ConfusionMatrix:
         if p.numel() == 0:
             return
         c = self.num_classes
-        size = self._clamp_size()
-        key = ("torch", p.device)
+        pl, tl = p.reshape(-1).long(), t.reshape(-1).long()
+        if p.dtype == torch.uint8 and t.dtype == torch.uint8:
+            size = self._pair_size(0, 255)
+        else:
+            lo_hi = torch.stack([torch.minimum(pl.min(), tl.min()), torch.maximum(pl.max(), tl.max())]).tolist()
+            size = self._pair_size(int(lo_hi[0]), int(lo_hi[1]))
+        if size is None:
+            size = self._clamp_size()
+            last = torch.tensor(size - 1, device=tl.device)
+            tl = torch.where((tl < 0) | (tl >= size - 1), last, tl)
+            pl = torch.where((pl < 0) | (pl >= size - 1), last, pl)
+        key = ("torch", size, p.device)
         if key not in self._luts:
-            glut, plut = self._tables(size)
-            self._luts[key] = (torch.as_tensor(glut.astype(np.int64), device=p.device),
-                               torch.as_tensor(plut.astype(np.int64), device=p.device))
-        glut_t, plut_t = self._luts[key]
-        tl, pl = t.reshape(-1).long(), p.reshape(-1).long()
-        last = torch.tensor(size - 1, device=tl.device)
-        tl = torch.where((tl < 0) | (tl >= size - 1), last, tl)
-        pl = torch.where((pl < 0) | (pl >= size - 1), last, pl)
-        counts = torch.bincount(glut_t[tl] + plut_t[pl], minlength=(c + 2) * (c + 1)).reshape(c + 2, c + 1)
-        bad_gt, bad_pred = torch.stack([counts[c + 1].sum(), counts[:c, c].sum()]).cpu().tolist()  # one sync
-        self._check_sentinels(int(bad_gt), int(bad_pred))
-        if self._tmat is None or self._tmat.device != counts.device:
+            rows, cols = self._row_col(size)
+            self._luts[key] = (torch.as_tensor(rows, device=p.device), torch.as_tensor(cols, device=p.device))
+        rows_t, cols_t = self._luts[key]
+        cnt = torch.bincount(tl * size + pl, minlength=size * size).reshape(size, size)
+        counted = rows_t < c
+        bad_gt = (cnt * (rows_t == c + 1)[:, None]).sum()
+        bad_pred = (cnt * (counted[:, None] & (cols_t == c)[None, :])).sum()
+        bad = torch.stack([bad_gt, bad_pred]).tolist()  # one small device->host read
+        self._check_sentinels(int(bad[0]), int(bad[1]))
+        add = cnt[:c, :c] * counted[:c, None]
+        if self._tmat is None or self._tmat.device != add.device:
             if self._tmat is not None:
                 self._mat += self._tmat.cpu().numpy()
-            self._tmat = torch.zeros((c, c), dtype=torch.int64, device=counts.device)
-        self._tmat += counts[:c, :c]
+            self._tmat = torch.zeros((c, c), dtype=torch.int64, device=add.device)
+        self._tmat += add
 
     # ------------------------------------------------------------------ state
     @property
