@@ -10,6 +10,7 @@ from rich.table import Table
 
 from terraseg.cli.app import app, console, user_errors
 
+
 @app.command("eval-masks")
 @user_errors
 def eval_masks(

@@ -20,7 +20,7 @@ def list_ontologies() -> list[str]:
     return sorted(p.stem for p in _data_dir().glob("*.yaml"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_builtin(name: str) -> Ontology:
     return Ontology.from_yaml(_data_dir() / f"{name}.yaml")
 
