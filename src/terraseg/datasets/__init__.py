@@ -1,6 +1,32 @@
 """Frames and dataset readers (SemanticKITTI, RELLIS-3D, GOOSE, CARLA exports, generic folders)."""
 
 from terraseg.datasets.base import SPLITS, FrameDataset, read_split_list
-from terraseg.datasets.frame import XYZI, Calibration, Frame, invert_transform
+from terraseg.datasets.goose3d import Goose3DDataset
+from terraseg.datasets.registry import DATASET_KINDS, dataset_class, detect_kind, open_dataset
+from terraseg.datasets.rellis3d import Rellis3DImageDataset, Rellis3DLidarDataset, find_rellis_calibration
+from terraseg.datasets.semantickitti import SemanticKITTIDataset, kitti_lidar_poses
+from terraseg.datasets.stats import ClassStats, load_class_weights, save_class_stats
+from terraseg.frame import XYZI, Calibration, Frame, invert_transform
 
-__all__ = ["SPLITS", "XYZI", "Calibration", "Frame", "FrameDataset", "invert_transform", "read_split_list"]
+__all__ = [
+    "DATASET_KINDS",
+    "SPLITS",
+    "XYZI",
+    "Calibration",
+    "ClassStats",
+    "Frame",
+    "FrameDataset",
+    "Goose3DDataset",
+    "Rellis3DImageDataset",
+    "Rellis3DLidarDataset",
+    "SemanticKITTIDataset",
+    "dataset_class",
+    "detect_kind",
+    "find_rellis_calibration",
+    "invert_transform",
+    "kitti_lidar_poses",
+    "load_class_weights",
+    "open_dataset",
+    "read_split_list",
+    "save_class_stats",
+]

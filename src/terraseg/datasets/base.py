@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from terraseg.datasets.frame import Frame
 from terraseg.errors import DataError
+from terraseg.frame import Frame
 from terraseg.ontology import LabelMap, Ontology, get_ontology
 
 SPLITS = ("train", "val", "test")

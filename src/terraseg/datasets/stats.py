@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from terraseg.datasets.frame import Frame
 from terraseg.errors import ConfigError, DataError
+from terraseg.frame import Frame
 from terraseg.io.atomic import atomic_path, atomic_write_text
 from terraseg.ontology import Ontology, get_ontology
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from terraseg.datasets.frame import Calibration, invert_transform
 from terraseg.errors import DataError
+from terraseg.frame import Calibration, invert_transform
 from terraseg.io.atomic import atomic_write_text
 
 

@@ -25,21 +25,23 @@ def read_bin(path: str | os.PathLike[str], num_fields: int = 4, check_finite: bo
     """
     p = Path(path)
     try:
-        raw = np.fromfile(p, dtype="<f4")
+        size = p.stat().st_size
     except FileNotFoundError:
         raise DataError(f"{p}: scan file not found") from None
+    record = 4 * num_fields
+    if size % record:
+        raise DataError(f"{p}: size {size} bytes is not a multiple of the point size "
+                        f"({record} bytes = {num_fields} float32 fields)")
+    try:
+        pts = np.fromfile(p, dtype="<f4").reshape(-1, num_fields)
     except OSError as exc:
         raise DataError(f"{p}: unreadable scan file ({exc})") from exc
-    record = 4 * num_fields
-    if raw.size % num_fields:
-        raise DataError(f"{p}: size {raw.size * 4} bytes is not a multiple of the point size "
-                        f"({record} bytes = {num_fields} float32 fields)")
-    pts = raw.reshape(-1, num_fields)
-    if check_finite:
+    # one contiguous pass over every value; the per-point test only runs when something is off
+    if check_finite and not np.isfinite(pts).all():
         bad = ~np.isfinite(pts[:, :3]).all(axis=1)
         if bad.any():
-            first = int(np.argmax(bad))
-            raise DataError(f"{p}: {int(bad.sum())} points have NaN or infinite coordinates (first at index {first})")
+            raise DataError(f"{p}: {int(bad.sum())} points have NaN or infinite coordinates "
+                            f"(first at index {int(np.argmax(bad))})")
     return pts.astype(np.float32, copy=False)
 
 
