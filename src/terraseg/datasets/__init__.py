@@ -1,6 +1,10 @@
 """Frames and dataset readers (SemanticKITTI, RELLIS-3D, GOOSE, CARLA exports, generic folders)."""
 
 from terraseg.datasets.base import SPLITS, FrameDataset, read_split_list
+from terraseg.datasets.carla import CarlaCameraDataset, CarlaLidarDataset, read_carla_semantic_lidar
+from terraseg.datasets.generic import GenericDataset
+from terraseg.datasets.generic_writer import GenericWriter, write_generic_frame
+from terraseg.datasets.goose2d import Goose2DDataset
 from terraseg.datasets.goose3d import Goose3DDataset
 from terraseg.datasets.registry import DATASET_KINDS, dataset_class, detect_kind, open_dataset
 from terraseg.datasets.rellis3d import Rellis3DImageDataset, Rellis3DLidarDataset, find_rellis_calibration
@@ -13,9 +17,14 @@ __all__ = [
     "SPLITS",
     "XYZI",
     "Calibration",
+    "CarlaCameraDataset",
+    "CarlaLidarDataset",
     "ClassStats",
     "Frame",
     "FrameDataset",
+    "GenericDataset",
+    "GenericWriter",
+    "Goose2DDataset",
     "Goose3DDataset",
     "Rellis3DImageDataset",
     "Rellis3DLidarDataset",
@@ -27,6 +36,8 @@ __all__ = [
     "kitti_lidar_poses",
     "load_class_weights",
     "open_dataset",
+    "read_carla_semantic_lidar",
     "read_split_list",
     "save_class_stats",
+    "write_generic_frame",
 ]

@@ -1,13 +1,19 @@
 """File formats: label images, LiDAR scans, calibration files and atomic writes."""
 
 from terraseg.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from terraseg.io.images import read_image, write_image
 from terraseg.io.labels import read_color_png, read_label_png, write_color_png, write_label_png
+from terraseg.io.palette import load_palette, write_palette
 from terraseg.io.scans import read_bin, read_label, write_bin, write_label
 
 __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "load_palette",
+    "read_image",
+    "write_image",
+    "write_palette",
     "read_bin",
     "read_color_png",
     "read_label",
