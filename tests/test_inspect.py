@@ -76,3 +76,26 @@ def test_inspect_cli_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     res = runner.invoke(app, ["inspect", str(tmp_path / "empty")])
     assert res.exit_code == 1 and "cannot tell which dataset layout" in res.output
+
+
+def test_inspect_generic_image_folder_with_palette(tmp_path: Path) -> None:
+    from terraseg.datasets import GenericWriter
+    from terraseg.frame import Frame
+
+    rng = np.random.default_rng(1)
+    with GenericWriter(tmp_path / "g", ontology="traversability") as w:
+        for split, n in (("train", 3), ("val", 1)):
+            for i in range(n):
+                m = np.full((8, 8), 6, np.uint8)  # stable_terrain
+                m[:2] = 7                         # sky
+                m[7, :4] = 1                      # water
+                w.write(Frame(f"{split}{i}", image=rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), image_labels=m,
+                              ontology="traversability"), split=split, stem=f"f{i}")
+    out = tmp_path / "s"
+    res = runner.invoke(app, ["inspect", str(tmp_path / "g"), "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "train 3, val 1" in res.output
+    data = json.loads((out / "class_stats_image.json").read_text())
+    assert data["counts"] == {"void": 0, "water": 16, "obstacle": 0, "nondrivable_vegetation": 0,
+                              "drivable_vegetation": 0, "unstable_terrain": 0, "stable_terrain": 176, "sky": 64}
+    assert data["splits"]["val"]["counts"]["sky"] == 16

@@ -19,6 +19,9 @@ def inspect(
                                            "rellis3d-image, goose2d, goose3d, carla, carla-lidar).")] = "auto",
     split: Annotated[list[str] | None, typer.Option(help="Split to read (repeatable); default: every split found.")] = None,
     remap: Annotated[str | None, typer.Option(help="Target ontology to remap labels to while reading.")] = None,
+    ontology: Annotated[str | None, typer.Option(help="Ontology of a generic folder's masks (name or YAML/palette file).")] = None,
+    mask_suffix: Annotated[str | None, typer.Option(help="Suffix of a generic folder's mask stems, e.g. _mask.")] = None,
+    camera: Annotated[str | None, typer.Option(help="GOOSE camera to read (windshield_vis, camera_left, ...).")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for class_stats_*.json and plots (default: DATASET/stats).")] = None,
     top: Annotated[int, typer.Option(help="How many of the rarest classes to list.")] = 10,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -31,7 +34,8 @@ def inspect(
     """
     from terraseg.datasets.inspect import inspect_dataset
 
-    kwargs = {"remap": remap} if remap else {}
+    given = {"remap": remap, "ontology": ontology, "mask_suffix": mask_suffix, "camera": camera}
+    kwargs = {k: v for k, v in given.items() if v is not None}
     res = inspect_dataset(dataset, out or dataset / "stats", kind=kind, splits=split or None,
                           progress=not quiet, **kwargs)
     console.print(f"dataset kind: {res.kind}; frames per split: "
