@@ -4,12 +4,14 @@ from terraseg.io.atomic import atomic_path, atomic_write_bytes, atomic_write_tex
 from terraseg.io.images import read_image, write_image
 from terraseg.io.labels import read_color_png, read_label_png, write_color_png, write_label_png
 from terraseg.io.palette import load_palette, write_palette
+from terraseg.io.png import encode_png, write_png
 from terraseg.io.scans import read_bin, read_label, write_bin, write_label
 
 __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "encode_png",
     "load_palette",
     "read_image",
     "write_image",
@@ -22,4 +24,5 @@ __all__ = [
     "write_color_png",
     "write_label",
     "write_label_png",
+    "write_png",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from terraseg.errors import DataError
-from terraseg.io.atomic import atomic_path
+from terraseg.io.png import write_png
 
 
 def _open(path: Path) -> Image.Image:
@@ -67,13 +67,12 @@ def write_label_png(path: str | os.PathLike[str], ids: np.ndarray) -> Path:
     arr = np.asarray(ids)
     if arr.ndim != 2:
         raise DataError(f"{path}: id mask must be 2-D (H, W), got shape {arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+    if arr.size == 0:
+        raise DataError(f"{path}: cannot write an empty id mask")
+    if arr.min() < 0 or arr.max() > 65535:
         raise DataError(f"{path}: ids must be in 0..65535")
-    img = Image.fromarray(arr.astype(np.uint8)) if (arr.size == 0 or arr.max() <= 255) else \
-        Image.fromarray(arr.astype(np.uint16))
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-    return Path(path)
+    out = arr.astype(np.uint8) if arr.max() <= 255 else arr.astype(np.uint16)
+    return write_png(path, out, compress_level=3)
 
 
 def write_color_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
@@ -81,6 +80,4 @@ def write_color_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
     arr = np.asarray(rgb)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise DataError(f"{path}: colour image must be (H, W, 3), got shape {arr.shape}")
-    with atomic_path(path) as tmp:
-        Image.fromarray(arr.astype(np.uint8)).save(tmp, format="PNG")
-    return Path(path)
+    return write_png(path, arr.astype(np.uint8), compress_level=3)
