@@ -30,7 +30,7 @@ def unused_colour(onto: Ontology) -> tuple[int, int, int]:
 
 def test_unique_and_non_unique_lists() -> None:
     assert NOT_UNIQUE == ["semantickitti-raw"]
-    assert len(UNIQUE) == 9
+    assert len(UNIQUE) == 10
 
 
 @pytest.mark.parametrize("name", UNIQUE)

@@ -23,6 +23,9 @@ EXPECTED_MAPS = [
     ("rellis3d-raw", "rellis3d"),
     ("semantickitti", "traversability"),
     ("semantickitti-raw", "semantickitti"),
+    ("sim", "goose"),
+    ("sim", "rellis3d"),
+    ("sim", "traversability"),
 ]
 
 
@@ -373,3 +376,14 @@ def test_identity(name: str) -> None:
     assert d == {"source": name, "target": name, "mapping": {n: n for n in onto.names}}
     again = LabelMap.from_mapping(name, name, d["mapping"])
     assert np.array_equal(again.lut, m.lut)
+
+
+def test_sim_maps_agree_with_the_real_datasets_traversability() -> None:
+    """A simulator class goes to the same traversability class directly or through GOOSE / RELLIS-3D
+    (mud only through RELLIS-3D: GOOSE has no mud class, so it becomes soil)."""
+    direct = LabelMap.builtin("sim", "traversability")
+    for via in ("goose", "rellis3d"):
+        composed = LabelMap.builtin("sim", via).compose(LabelMap.builtin(via, "traversability"))
+        for cls in ("dirt", *(("mud",) if via == "rellis3d" else ()), "low_grass", "high_grass", "bush", "tree_crown", "rock", "water", "puddle",
+                    "fence", "building", "vehicle", "person", "sky"):
+            assert target_name(direct, cls) == target_name(composed, cls), (via, cls)

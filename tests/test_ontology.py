@@ -29,6 +29,7 @@ EXPECTED_COUNTS = {
     "nuscenes-raw": 32,
     "nuscenes": 17,
     "traversability": 8,
+    "sim": 20,
 }
 
 # (void class names, ignore class names) of every built-in ontology.
@@ -43,6 +44,7 @@ EXPECTED_VOID_IGNORE = {
     "nuscenes-raw": (["noise"], ["noise"]),
     "nuscenes": (["noise"], ["noise"]),
     "traversability": (["void"], ["void"]),
+    "sim": (["void"], ["void"]),
 }
 
 # Classes that share a colour in the official SemanticKITTI palette (semantic-kitti.yaml color_map):
