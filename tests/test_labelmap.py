@@ -380,10 +380,12 @@ def test_identity(name: str) -> None:
 
 def test_sim_maps_agree_with_the_real_datasets_traversability() -> None:
     """A simulator class goes to the same traversability class directly or through GOOSE / RELLIS-3D
-    (mud only through RELLIS-3D: GOOSE has no mud class, so it becomes soil)."""
+    (mud only through RELLIS-3D: GOOSE has no mud class, so it becomes soil; rock only through GOOSE:
+    RELLIS-3D has no rock class, so it becomes rubble)."""
     direct = LabelMap.builtin("sim", "traversability")
     for via in ("goose", "rellis3d"):
         composed = LabelMap.builtin("sim", via).compose(LabelMap.builtin(via, "traversability"))
-        for cls in ("dirt", *(("mud",) if via == "rellis3d" else ()), "low_grass", "high_grass", "bush", "tree_crown", "rock", "water", "puddle",
+        extra = ("mud",) if via == "rellis3d" else ("rock",)
+        for cls in ("dirt", *extra, "low_grass", "high_grass", "bush", "tree_crown", "water", "puddle",
                     "fence", "building", "vehicle", "person", "sky"):
             assert target_name(direct, cls) == target_name(composed, cls), (via, cls)
