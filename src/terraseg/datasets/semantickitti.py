@@ -243,6 +243,9 @@ class SemanticKITTIDataset(FrameDataset):
             colour camera); None leaves ``calib`` unset.
         scan_dir, label_dir, scan_suffix, label_suffix: folder names and file suffixes inside
             each sequence folder.
+        ontology: the label space of the ``.label`` files; another name than
+            ``semantickitti-raw`` (for example ``sim`` for the simulator's scans) reads
+            SemanticKITTI-format data in that ontology, and then the default remap is none.
     """
 
     name = "semantickitti"
@@ -251,7 +254,12 @@ class SemanticKITTIDataset(FrameDataset):
     def __init__(self, root: str | os.PathLike[str], split: str | Sequence[str | int] = "train",
                  remap: LabelMap | str | None = "semantickitti", labels: bool | None = None,
                  poses: bool = True, camera: str | None = "P2", scan_dir: str = "velodyne",
-                 label_dir: str = "labels", scan_suffix: str = ".bin", label_suffix: str = ".label") -> None:
+                 label_dir: str = "labels", scan_suffix: str = ".bin", label_suffix: str = ".label",
+                 ontology: str = "semantickitti-raw") -> None:
+        if ontology != "semantickitti-raw":  # SemanticKITTI-format scans in another label space (e.g. the simulator's)
+            self.source_ontology_name = ontology
+            if remap == "semantickitti":
+                remap = None
         explicit = not isinstance(split, str)
         super().__init__(root, "all" if explicit else split, remap)  # type: ignore[arg-type]
         seq_root = self.root / "sequences"

@@ -1,0 +1,214 @@
+"""Domains (weather and terrain style) and the camera's appearance model.
+
+Colours are deliberately not separable by class: albedos of neighbouring classes overlap (dirt /
+mud / logs / trunks, low grass / high grass / bushes / crowns, rocks / gravel / rubble / walls),
+every instance gets its own colour shift, surfaces carry multi-scale procedural texture in
+world coordinates, and light (sun with cast shadows, sky ambient, fog, sensor noise) changes
+the rest. A per-pixel colour classifier therefore scores far below a model that sees shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+# albedo (linear RGB 0..1), per-instance jitter, texture amplitude, texture scale (1/m)
+_APPEARANCE: dict[str, tuple[tuple[float, float, float], float, float, float]] = {
+    "void": ((0.0, 0.0, 0.0), 0.0, 0.0, 1.0),
+    "sky": ((0.5, 0.6, 0.8), 0.0, 0.0, 1.0),
+    "dirt": ((0.36, 0.27, 0.18), 0.05, 0.35, 3.0),
+    "gravel": ((0.40, 0.37, 0.33), 0.04, 0.45, 9.0),
+    "mud": ((0.27, 0.21, 0.15), 0.05, 0.30, 2.0),
+    "low_grass": ((0.26, 0.36, 0.12), 0.06, 0.40, 4.0),
+    "high_grass": ((0.34, 0.40, 0.16), 0.06, 0.50, 6.0),
+    "bush": ((0.19, 0.30, 0.11), 0.07, 0.45, 5.0),
+    "tree_trunk": ((0.28, 0.21, 0.15), 0.07, 0.40, 8.0),
+    "tree_crown": ((0.17, 0.29, 0.10), 0.07, 0.50, 3.0),
+    "log": ((0.31, 0.23, 0.16), 0.07, 0.40, 6.0),
+    "rock": ((0.38, 0.36, 0.33), 0.07, 0.35, 2.5),
+    "rubble": ((0.37, 0.33, 0.28), 0.05, 0.50, 7.0),
+    "water": ((0.16, 0.20, 0.22), 0.03, 0.15, 0.8),
+    "puddle": ((0.22, 0.21, 0.19), 0.03, 0.15, 1.5),
+    "fence": ((0.42, 0.33, 0.22), 0.08, 0.25, 4.0),
+    "pole": ((0.45, 0.43, 0.40), 0.08, 0.20, 4.0),
+    "building": ((0.46, 0.40, 0.34), 0.10, 0.25, 1.5),
+    "vehicle": ((0.35, 0.33, 0.30), 0.25, 0.10, 2.0),
+    "person": ((0.30, 0.26, 0.22), 0.20, 0.25, 3.0),
+}
+
+# LiDAR reflectivity (0..1) by class
+_REFLECTIVITY: dict[str, float] = {
+    "void": 0.0, "sky": 0.0, "dirt": 0.30, "gravel": 0.38, "mud": 0.18, "low_grass": 0.45, "high_grass": 0.50,
+    "bush": 0.42, "tree_trunk": 0.28, "tree_crown": 0.40, "log": 0.26, "rock": 0.35, "rubble": 0.33,
+    "water": 0.04, "puddle": 0.06, "fence": 0.30, "pole": 0.55, "building": 0.45, "vehicle": 0.70, "person": 0.32,
+}
+
+
+def _class_table(values: dict[str, object]) -> list[object]:
+    from terraseg.ontology import get_ontology
+
+    onto = get_ontology("sim")
+    return [values[c.name] for c in onto]
+
+
+def appearance_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(albedo (C, 3), jitter (C,), texture amplitude (C,), texture scale (C,)) by sim class id."""
+    rows = _class_table(_APPEARANCE)  # type: ignore[arg-type]
+    return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows]),
+            np.array([r[3] for r in rows]))
+
+
+def reflectivity_table() -> np.ndarray:
+    return np.array(_class_table(_REFLECTIVITY), dtype=np.float64)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Weather:
+    """Lighting and atmosphere of a domain."""
+
+    name: str
+    sun_elevation_deg: float
+    sun_azimuth_deg: float
+    sun_color: tuple[float, float, float]
+    ambient: tuple[float, float, float]
+    sky_zenith: tuple[float, float, float]
+    sky_horizon: tuple[float, float, float]
+    fog_distance: float              # metres at which fog reaches 63 %; inf = none
+    fog_color: tuple[float, float, float]
+    noise: float                     # sensor noise std in 0..1 units
+    exposure: float
+
+
+WEATHERS: dict[str, Weather] = {
+    "day": Weather("day", 48.0, 135.0, (1.05, 1.0, 0.92), (0.32, 0.36, 0.42), (0.30, 0.47, 0.80), (0.70, 0.78, 0.88),
+                   600.0, (0.75, 0.80, 0.86), 0.018, 1.0),
+    "dusk": Weather("dusk", 9.0, 250.0, (1.0, 0.62, 0.35), (0.16, 0.15, 0.20), (0.18, 0.20, 0.36), (0.86, 0.55, 0.38),
+                    55.0, (0.55, 0.45, 0.42), 0.035, 1.25),
+}
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A named simulation domain: terrain style x weather (e.g. ``forest-dusk``)."""
+
+    name: str
+    terrain: str
+    weather: Weather
+
+
+def list_domains() -> list[str]:
+    """Names of the built-in domains."""
+    from terraseg.sim.world import TERRAIN_STYLES
+
+    return [f"{t}-{w}" for t in TERRAIN_STYLES for w in WEATHERS]
+
+
+def get_domain(name: str) -> Domain:
+    """A domain by name (``forest-day``, ``forest-dusk``, ``meadow-day``, ``meadow-dusk``)."""
+    from terraseg.errors import ConfigError
+    from terraseg.sim.world import TERRAIN_STYLES
+
+    terrain, _, weather = name.partition("-")
+    if terrain not in TERRAIN_STYLES or weather not in WEATHERS:
+        raise ConfigError(f"unknown simulator domain {name!r} (available: {', '.join(list_domains())})")
+    return Domain(name, terrain, WEATHERS[weather])
+
+
+# ---------------------------------------------------------------------------- texture
+@numba.njit(cache=True, inline="always")
+def _hash3(ix, iy, iz, seed):  # type: ignore[no-untyped-def]
+    h = (ix * 374761393 + iy * 668265263 + iz * 1274126177 + seed * 1442695041) & 0xFFFFFFFF
+    h = ((h ^ (h >> 13)) * 1274126177) & 0xFFFFFFFF
+    return ((h ^ (h >> 16)) & 0xFFFF) / 32767.5 - 1.0
+
+
+@numba.njit(cache=True, inline="always")
+def _value_noise(x, y, z, seed):  # type: ignore[no-untyped-def]
+    ix, iy, iz = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
+    fx, fy, fz = x - ix, y - iy, z - iz
+    fx, fy, fz = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy), fz * fz * (3 - 2 * fz)
+    acc = 0.0
+    for dz in range(2):
+        wz = fz if dz else 1 - fz
+        for dy in range(2):
+            wy = fy if dy else 1 - fy
+            for dx in range(2):
+                wx = fx if dx else 1 - fx
+                acc += wx * wy * wz * _hash3(ix + dx, iy + dy, iz + dz, seed)
+    return acc
+
+
+@numba.njit(cache=True, parallel=True)
+def _shade(t, cls, inst, normal, dirs, cam, shadow, albedo, jitter, tex_amp, tex_scale, sun, sun_col, ambient,
+           sky_zen, sky_hor, fog_dist, fog_col, exposure, noise, seed, out):  # type: ignore[no-untyped-def]
+    n = t.shape[0]
+    inv_gamma = 1.0 / 2.2
+    for i in numba.prange(n):
+        rgb = np.empty(3)
+        dx, dy, dz = dirs[i, 0], dirs[i, 1], dirs[i, 2]
+        if not t[i] < np.inf:
+            # sky: gradient with elevation, glow around the sun, soft clouds
+            e = max(dz, 0.0)
+            g = np.sqrt(e)
+            cs = dx * sun[0] + dy * sun[1] + dz * sun[2]
+            glow = max(cs, 0.0) ** 32 * 0.6
+            cl = _value_noise(dx / (dz + 0.15) * 2.5, dy / (dz + 0.15) * 2.5, 0.5, 7)
+            cloud = max(cl, 0.0) * 0.35 * min(1.0, dz * 4 + 0.2)
+            for c in range(3):
+                rgb[c] = (sky_hor[c] * (1 - g) + sky_zen[c] * g + glow * sun_col[c] + cloud) * exposure
+            _finish(rgb, i, noise, seed, inv_gamma, out)
+            continue
+        k = cls[i]
+        px, py, pz = cam[0] + t[i] * dx, cam[1] + t[i] * dy, cam[2] + t[i] * dz
+        s = tex_scale[k]
+        tex = 0.6 * _value_noise(px * s, py * s, pz * s, k) + 0.4 * _value_noise(px * s * 3.7, py * s * 3.7, pz * s * 3.7, k + 31)
+        # large-scale colour drift over the terrain (shared by classes: blurs class boundaries)
+        drift = _value_noise(px * 0.08, py * 0.08, 0.0, 99)
+        j0 = _hash3(inst[i], 1, 2, 3) * jitter[k]
+        j1 = _hash3(inst[i], 5, 7, 11) * jitter[k]
+        j2 = _hash3(inst[i], 13, 17, 19) * jitter[k]
+        nx, ny, nz = normal[i, 0], normal[i, 1], normal[i, 2]
+        lam = max(nx * sun[0] + ny * sun[1] + nz * sun[2], 0.0) * shadow[i]
+        sky_term = 0.55 + 0.45 * nz
+        fog = 1.0 - np.exp(-t[i] / fog_dist)
+        for c in range(3):
+            jc = j0 if c == 0 else (j1 if c == 1 else j2)
+            a = albedo[k, c] * (1.0 + tex_amp[k] * tex + 0.18 * drift) + jc
+            a = max(a, 0.0)
+            v = a * (ambient[c] * sky_term + sun_col[c] * lam)
+            v = v * (1 - fog) + fog_col[c] * fog
+            rgb[c] = v * exposure
+        _finish(rgb, i, noise, seed, inv_gamma, out)
+
+
+@numba.njit(cache=True, inline="always")
+def _finish(rgb, i, noise, seed, inv_gamma, out):  # type: ignore[no-untyped-def]
+    """Sensor noise (approximately Gaussian: sum of hashed uniforms), display gamma, 8-bit."""
+    for c in range(3):
+        z = (_hash3(i, c, 1, seed) + _hash3(i, c, 2, seed) + _hash3(i, c, 3, seed)) * 1.0
+        v = rgb[c] + noise * z
+        v = min(max(v, 0.0), 1.0) ** inv_gamma
+        out[i, c] = np.uint8(v * 255.0 + 0.5)
+
+
+def shade(t: np.ndarray, cls: np.ndarray, inst: np.ndarray, normal: np.ndarray, dirs: np.ndarray, cam: np.ndarray,
+          shadow: np.ndarray, weather: Weather, rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """The RGB image (H, W, 3) uint8 from per-pixel hits (see :mod:`terraseg.sim.raster`)."""
+    albedo, jitter, amp, scale = appearance_tables()
+    sun = sun_direction(weather)
+    out = np.empty((len(t), 3), np.uint8)
+    _shade(t.astype(np.float64), cls, inst, normal.astype(np.float64), dirs, cam, shadow.astype(np.float64), albedo,
+           jitter, amp, scale, sun, np.array(weather.sun_color), np.array(weather.ambient),
+           np.array(weather.sky_zenith), np.array(weather.sky_horizon), float(weather.fog_distance),
+           np.array(weather.fog_color), float(weather.exposure), float(weather.noise),
+           int(rng.integers(0, 2**31 - 1)), out)
+    w, h = size
+    return out.reshape(h, w, 3)
+
+
+def sun_direction(weather: Weather) -> np.ndarray:
+    """Unit vector towards the sun in the world frame (x east, y north, z up)."""
+    el, az = np.radians(weather.sun_elevation_deg), np.radians(weather.sun_azimuth_deg)
+    return np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])

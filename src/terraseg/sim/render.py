@@ -1,0 +1,137 @@
+"""Rendering one frame of the rig at a vehicle pose: RGB + semantic mask + depth, and a LiDAR scan
+with per-point labels, returned as a terraseg :class:`~terraseg.frame.Frame`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from terraseg.frame import Frame
+from terraseg.sim.appearance import Domain, get_domain, reflectivity_table, shade, sun_direction
+from terraseg.sim.raster import render_camera_hits
+from terraseg.sim.raycast import cast_rays
+from terraseg.sim.sensors import LidarConfig, Rig, rpy_matrix
+from terraseg.sim.world import World, sim_class
+
+ONTOLOGY = "sim"
+
+
+def render(world: World, pose: np.ndarray, rig: Rig | None = None, domain: Domain | str = "forest-day",
+           seed: int = 0, frame_id: str = "sim", timestamp: float | None = None) -> Frame:
+    """Render the rig at vehicle pose ``pose`` (4x4, vehicle -> world).
+
+    The frame carries ``image`` (H, W, 3) uint8, ``image_labels`` and ``image_instances`` (sim
+    ontology), ``meta["depth"]`` (H, W) float32 camera z-depth in metres (0 = sky), ``points``
+    (N, 4) x, y, z, intensity in the LiDAR frame, ``point_labels`` / ``point_instances``,
+    ``calib`` (``T_cam_lidar``: LiDAR -> camera) and ``pose``: the LiDAR's pose in the world when the
+    rig has a LiDAR, else the camera's. ``seed`` drives sensor noise (deterministic per frame).
+    """
+    rig = rig or Rig()
+    dom = get_domain(domain) if isinstance(domain, str) else domain
+    rng = np.random.default_rng(seed)
+    pose = np.asarray(pose, dtype=np.float64)
+    frame = Frame(frame_id=frame_id, ontology=ONTOLOGY, timestamp=timestamp,
+                  meta={"domain": dom.name, "vehicle_pose": pose.copy()})
+    if rig.camera is not None:
+        _render_camera(world, pose, rig, dom, rng, frame)
+        frame.calib = rig.calibration()
+    if rig.lidar is not None:
+        _render_lidar(world, pose, rig.lidar, rng, frame)
+        frame.pose = pose @ rig.lidar.T_vehicle_lidar()
+    elif rig.camera is not None:
+        frame.pose = pose @ rig.camera.T_vehicle_cam()
+    return frame
+
+
+def _render_camera(world: World, pose: np.ndarray, rig: Rig, dom: Domain, rng: np.random.Generator,
+                   frame: Frame) -> None:
+    cam_cfg = rig.camera
+    assert cam_cfg is not None
+    T_wc = pose @ cam_cfg.T_vehicle_cam()
+    R_wc, c = T_wc[:3, :3], T_wc[:3, 3]
+    dirs_cam = cam_cfg.ray_dirs_cam()
+    dirs = dirs_cam @ R_wc.T
+    hits = render_camera_hits(world, c, R_wc, cam_cfg.K, (cam_cfg.width, cam_cfg.height), dirs,
+                              t_max=cam_cfg.max_range)
+    hit = np.isfinite(hits.t)
+    # cast shadows from objects: rays towards the sun, objects only
+    shadow = np.ones(len(hits.t))
+    if hit.any():
+        sun = sun_direction(dom.weather)
+        lit = hit & (hits.normal @ sun > 0)
+        if lit.any():
+            p = c + dirs[lit] * hits.t[lit, None] + hits.normal[lit] * 0.03
+            sh = cast_rays(world, p, np.broadcast_to(sun, p.shape), t_max=60.0, terrain=False)
+            shadow[np.nonzero(lit)[0][np.isfinite(sh.t)]] = 0.0
+    w, h = cam_cfg.width, cam_cfg.height
+    frame.image = shade(hits.t, hits.cls, hits.inst, hits.normal, dirs, c, shadow, dom.weather, rng, (w, h))
+    labels = np.where(hit, hits.cls, sim_class("sky")).astype(np.uint8)
+    frame.image_labels = labels.reshape(h, w)
+    frame.image_instances = np.where(hit, hits.inst, 0).astype(np.uint16).reshape(h, w)
+    depth = np.where(hit, hits.t * dirs_cam[:, 2], 0.0).astype(np.float32)
+    frame.meta["depth"] = depth.reshape(h, w)
+
+
+def _render_lidar(world: World, pose: np.ndarray, cfg: LidarConfig, rng: np.random.Generator, frame: Frame) -> None:
+    T_wl = pose @ cfg.T_vehicle_lidar()
+    d_l = cfg.ray_dirs()
+    d_w = d_l @ T_wl[:3, :3].T
+    hits = cast_rays(world, T_wl[:3, 3], d_w, t_max=cfg.max_range)
+    rng_noise = rng.normal(0.0, cfg.range_noise, len(hits.t))
+    keep = np.isfinite(hits.t) & (hits.t >= cfg.min_range) & (rng.random(len(hits.t)) >= cfg.dropout)
+    r = hits.t[keep].astype(np.float64) + rng_noise[keep]
+    xyz = d_l[keep] * r[:, None]
+    refl = reflectivity_table()[hits.cls[keep]]
+    cos_inc = np.abs(np.einsum("ij,ij->i", hits.normal[keep].astype(np.float64), d_w[keep]))
+    inten = np.clip(refl * (0.35 + 0.65 * cos_inc) + rng.normal(0.0, 0.02, len(r)), 0.0, 1.0)
+    frame.points = np.concatenate([xyz, inten[:, None]], axis=1).astype(np.float32)
+    frame.point_labels = hits.cls[keep].astype(np.uint8)
+    frame.point_instances = hits.inst[keep].astype(np.uint16)
+    ring, col = np.divmod(np.nonzero(keep)[0], cfg.azimuth_steps)
+    frame.meta["lidar_ring"] = ring.astype(np.uint16)
+    frame.meta["lidar_column"] = col.astype(np.uint16)
+
+
+def vehicle_pose(world: World, x: float, y: float, yaw: float, wheelbase: float = 2.6, track: float = 1.6) -> np.ndarray:
+    """4x4 vehicle -> world pose standing on the surface at (x, y) heading ``yaw`` (radians, from +x),
+    pitched and rolled by the ground under its wheels."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    hf = world.height_at(x + c * wheelbase / 2, y + s * wheelbase / 2)
+    hr = world.height_at(x - c * wheelbase / 2, y - s * wheelbase / 2)
+    hl = world.height_at(x - s * track / 2, y + c * track / 2)
+    hrt = world.height_at(x + s * track / 2, y - c * track / 2)
+    pitch = -np.arctan2(hf - hr, wheelbase)
+    roll = np.arctan2(hl - hrt, track)
+    T = np.eye(4)
+    T[:3, :3] = rpy_matrix(float(roll), float(pitch), yaw)
+    T[:3, 3] = (x, y, float(world.height_at(x, y)))
+    return T
+
+
+def trail_poses(world: World, frames: int, rate_hz: float = 10.0, speed: float = 4.0, start: float = 2.0,
+                reverse: bool = False, lateral: float = -0.75, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Poses of a vehicle driving along the trail: (frames, 4, 4) vehicle -> world, and times (s).
+
+    Args:
+        start: arc length (m) along the trail where the drive starts (from the other end when
+            ``reverse``).
+        speed: m/s (small random variation), lateral: offset from the centre line (m, left +).
+    """
+    rng = np.random.default_rng(seed)
+    s_total = float(world.trail_s[-1])
+    times = np.arange(frames) / rate_hz
+    v = speed * (1.0 + 0.1 * np.sin(times * 0.7 + rng.uniform(0, 6)))
+    s = start + np.concatenate([[0.0], np.cumsum(v[:-1] / rate_hz)])
+    if reverse:
+        s = s_total - s
+    s = np.clip(s, 1.0, s_total - 1.0)
+    tx = np.interp(s, world.trail_s, world.trail[:, 0])
+    ty = np.interp(s, world.trail_s, world.trail[:, 1])
+    ds = 0.5 if not reverse else -0.5
+    hx = np.interp(s + ds, world.trail_s, world.trail[:, 0]) - np.interp(s - ds, world.trail_s, world.trail[:, 0])
+    hy = np.interp(s + ds, world.trail_s, world.trail[:, 1]) - np.interp(s - ds, world.trail_s, world.trail[:, 1])
+    yaw = np.arctan2(hy, hx)
+    off = lateral + 0.15 * np.sin(times * 0.5)
+    x = tx - off * np.sin(yaw) * (1 if not reverse else 1)
+    y = ty + off * np.cos(yaw)
+    poses = np.stack([vehicle_pose(world, float(a), float(b), float(c)) for a, b, c in zip(x, y, yaw)])
+    return poses, times
