@@ -164,14 +164,14 @@ def _height(surf, x0, y0, res, x, y):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, parallel=True)
-def _cast(origins, ostride, dirs, t_max, terrain, surf, ground, ground_inst, x0, y0, res, lip, lip_cell, surf_max,
+def _cast(origins, ostride, dstride, n, dirs, t_max, terrain, surf, ground, ground_inst, x0, y0, res, lip, lip_cell, surf_max,
           kind, params, sphere, pcls, pinst, cell_start, cell_items, cell_zmax, gx0, gy0, cs, gh, gw, zmax,
           out_t, out_cls, out_inst, out_n, out_prim):  # type: ignore[no-untyped-def]
-    n = dirs.shape[0]
     for i in numba.prange(n):
         oi = i * ostride
+        di = i * dstride
         ox, oy, oz = origins[oi, 0], origins[oi, 1], origins[oi, 2]
-        dx, dy, dz = dirs[i, 0], dirs[i, 1], dirs[i, 2]
+        dx, dy, dz = dirs[di, 0], dirs[di, 1], dirs[di, 2]
         best, bnx, bny, bnz, bp = t_max, 0.0, 0.0, 0.0, -1
         # ---- primitives: DDA over grid cells
         cx = int(np.floor((ox - gx0) / cs))
@@ -334,18 +334,19 @@ def _prepare(world: World) -> None:
 
 
 def cast_rays(world: World, origins: np.ndarray, dirs: np.ndarray, t_max: float = 150.0,
-              terrain: bool = True) -> Hits:
+              terrain: bool = True, shared_dir: bool = False) -> Hits:
     """Intersect rays with the world.
 
     Args:
         origins: (3,) one origin for all rays, or (N, 3), world frame, metres.
-        dirs: (N, 3) unit directions.
+        dirs: (N, 3) unit directions, or with ``shared_dir`` one (1, 3) direction for all the
+            origins (shadow rays towards the sun).
         t_max: ignore hits farther than this, metres.
         terrain: also intersect the height field (False for shadow rays against objects only).
     """
     d = np.ascontiguousarray(dirs, dtype=np.float64).reshape(-1, 3)
     o = np.ascontiguousarray(origins, dtype=np.float64).reshape(-1, 3)
-    n = len(d)
+    n = len(o) if shared_dir else len(d)
     out_t = np.empty(n, np.float64)
     out_cls = np.empty(n, np.uint8)
     out_inst = np.empty(n, np.int32)
@@ -353,7 +354,7 @@ def cast_rays(world: World, origins: np.ndarray, dirs: np.ndarray, t_max: float 
     out_prim = np.empty(n, np.int32)
     _prepare(world)
     gh, gw = world.grid_shape
-    _cast(o, 0 if len(o) == 1 else 1, d, float(t_max), bool(terrain), world.surface, world.ground, world.ground_inst,
+    _cast(o, 0 if len(o) == 1 else 1, 0 if shared_dir else 1, n, d, float(t_max), bool(terrain), world.surface, world.ground, world.ground_inst,
           world.x0, world.y0, world.res, world._lip, LIP_CELL, float(world.surface.max()),  # type: ignore[attr-defined]
           world.prim_kind, world._kparams, world._sphere, world.prim_class,  # type: ignore[attr-defined]
           world.prim_inst, world.cell_start, world.cell_items, world.cell_zmax, world.x0, world.y0, world.cell_size,

@@ -3,6 +3,7 @@ with per-point labels, returned as a terraseg :class:`~terraseg.frame.Frame`."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from terraseg.frame import Frame
@@ -49,7 +50,7 @@ def _render_camera(world: World, pose: np.ndarray, rig: Rig, dom: Domain, rng: n
     T_wc = pose @ cam_cfg.T_vehicle_cam()
     R_wc, c = T_wc[:3, :3], T_wc[:3, 3]
     dirs_cam = cam_cfg.ray_dirs_cam()
-    dirs = dirs_cam @ R_wc.T
+    dirs = rotate(dirs_cam, R_wc)
     hits = render_camera_hits(world, c, R_wc, cam_cfg.K, (cam_cfg.width, cam_cfg.height), dirs,
                               t_max=cam_cfg.max_range)
     hit = np.isfinite(hits.t)
@@ -57,11 +58,10 @@ def _render_camera(world: World, pose: np.ndarray, rig: Rig, dom: Domain, rng: n
     shadow = np.ones(len(hits.t))
     if hit.any():
         sun = sun_direction(dom.weather)
-        lit = hit & (hits.normal @ sun > 0)
-        if lit.any():
-            p = c + dirs[lit] * hits.t[lit, None] + hits.normal[lit] * 0.03
-            sh = cast_rays(world, p, np.broadcast_to(sun, p.shape), t_max=60.0, terrain=False)
-            shadow[np.nonzero(lit)[0][np.isfinite(sh.t)]] = 0.0
+        lit_idx, p = _shadow_origins(hits.t, hits.normal, dirs, c, sun)
+        if len(lit_idx):
+            sh = cast_rays(world, p, sun[None, :], t_max=60.0, terrain=False, shared_dir=True)
+            shadow[lit_idx[np.isfinite(sh.t)]] = 0.0
     w, h = cam_cfg.width, cam_cfg.height
     frame.image = shade(hits.t, hits.cls, hits.inst, hits.normal, dirs, c, shadow, dom.weather, rng, (w, h))
     labels = np.where(hit, hits.cls, sim_class("sky")).astype(np.uint8)
@@ -74,7 +74,7 @@ def _render_camera(world: World, pose: np.ndarray, rig: Rig, dom: Domain, rng: n
 def _render_lidar(world: World, pose: np.ndarray, cfg: LidarConfig, rng: np.random.Generator, frame: Frame) -> None:
     T_wl = pose @ cfg.T_vehicle_lidar()
     d_l = cfg.ray_dirs()
-    d_w = d_l @ T_wl[:3, :3].T
+    d_w = rotate(d_l, T_wl[:3, :3])
     hits = cast_rays(world, T_wl[:3, 3], d_w, t_max=cfg.max_range)
     rng_noise = rng.normal(0.0, cfg.range_noise, len(hits.t))
     keep = np.isfinite(hits.t) & (hits.t >= cfg.min_range) & (rng.random(len(hits.t)) >= cfg.dropout)
@@ -89,6 +89,39 @@ def _render_lidar(world: World, pose: np.ndarray, cfg: LidarConfig, rng: np.rand
     ring, col = np.divmod(np.nonzero(keep)[0], cfg.azimuth_steps)
     frame.meta["lidar_ring"] = ring.astype(np.uint16)
     frame.meta["lidar_column"] = col.astype(np.uint16)
+
+
+@numba.njit(cache=True, parallel=True)
+def _rotate(d, R, out):  # type: ignore[no-untyped-def]
+    for i in numba.prange(d.shape[0]):
+        for r in range(3):
+            out[i, r] = R[r, 0] * d[i, 0] + R[r, 1] * d[i, 1] + R[r, 2] * d[i, 2]
+
+
+def rotate(d: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Rows of ``d`` (N, 3) rotated by ``R`` (3, 3): ``d @ R.T``, without BLAS thread overhead."""
+    out = np.empty((len(d), 3), np.float64)
+    _rotate(np.ascontiguousarray(d, dtype=np.float64), np.ascontiguousarray(R, dtype=np.float64), out)
+    return out
+
+
+@numba.njit(cache=True)
+def _shadow_origins(t, normal, dirs, cam, sun):  # type: ignore[no-untyped-def]
+    """Indices of hit pixels facing the sun and the points (nudged off the surface) to test."""
+    n = t.shape[0]
+    idx = np.empty(n, np.int64)
+    m = 0
+    for i in range(n):
+        if t[i] < np.inf and normal[i, 0] * sun[0] + normal[i, 1] * sun[1] + normal[i, 2] * sun[2] > 0:
+            idx[m] = i
+            m += 1
+    idx = idx[:m]
+    p = np.empty((m, 3))
+    for j in range(m):
+        i = idx[j]
+        for c in range(3):
+            p[j, c] = cam[c] + dirs[i, c] * t[i] + normal[i, c] * 0.03
+    return idx, p
 
 
 def vehicle_pose(world: World, x: float, y: float, yaw: float, wheelbase: float = 2.6, track: float = 1.6) -> np.ndarray:
