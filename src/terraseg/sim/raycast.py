@@ -251,7 +251,7 @@ def _cast(origins, ostride, dstride, n, dirs, t_max, terrain, surf, ground, grou
                     lx = min(max(int((px - x0) / lip_cell), 0), lw - 1)
                     ly = min(max(int((py - y0) / lip_cell), 0), lh - 1)
                     step = gap / (lip[ly, lx] + max(-dz, 0.0) + 1e-6) * 0.9
-                    step = max(step, 0.02 + 0.002 * t)
+                    step = max(step, 0.02 + 0.008 * t)  # bounded work for grazing rays; bisection refines
                     step = min(step, lip_cell)
                     prev_t = t
                     t += step
