@@ -11,6 +11,7 @@ from terraseg.sim.appearance import Domain, get_domain, reflectivity_table, shad
 from terraseg.sim.raster import render_camera_hits
 from terraseg.sim.raycast import cast_rays
 from terraseg.sim.sensors import LidarConfig, Rig, rpy_matrix
+from terraseg.sim.shadows import shadow_factor
 from terraseg.sim.world import World, sim_class
 
 ONTOLOGY = "sim"
@@ -60,8 +61,7 @@ def _render_camera(world: World, pose: np.ndarray, rig: Rig, dom: Domain, rng: n
         sun = sun_direction(dom.weather)
         lit_idx, p = _shadow_origins(hits.t, hits.normal, dirs, c, sun)
         if len(lit_idx):
-            sh = cast_rays(world, p, sun[None, :], t_max=60.0, terrain=False, shared_dir=True)
-            shadow[lit_idx[np.isfinite(sh.t)]] = 0.0
+            shadow = shadow_factor(world, sun, p, lit_idx, hits.prim[lit_idx], len(hits.t))
     w, h = cam_cfg.width, cam_cfg.height
     frame.image = shade(hits.t, hits.cls, hits.inst, hits.normal, dirs, c, shadow, dom.weather, rng, (w, h))
     labels = np.where(hit, hits.cls, sim_class("sky")).astype(np.uint8)
@@ -107,7 +107,7 @@ def rotate(d: np.ndarray, R: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True)
 def _shadow_origins(t, normal, dirs, cam, sun):  # type: ignore[no-untyped-def]
-    """Indices of hit pixels facing the sun and the points (nudged off the surface) to test."""
+    """Indices of hit pixels facing the sun and their surface points."""
     n = t.shape[0]
     idx = np.empty(n, np.int64)
     m = 0
@@ -120,7 +120,7 @@ def _shadow_origins(t, normal, dirs, cam, sun):  # type: ignore[no-untyped-def]
     for j in range(m):
         i = idx[j]
         for c in range(3):
-            p[j, c] = cam[c] + dirs[i, c] * t[i] + normal[i, c] * 0.03
+            p[j, c] = cam[c] + dirs[i, c] * t[i]
     return idx, p
 
 
