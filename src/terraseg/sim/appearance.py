@@ -125,26 +125,36 @@ def _hash3(ix, iy, iz, seed):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, inline="always")
-def _value_noise(x, y, z, seed):  # type: ignore[no-untyped-def]
-    ix, iy, iz = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
-    fx, fy, fz = x - ix, y - iy, z - iz
-    fx, fy, fz = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy), fz * fz * (3 - 2 * fz)
-    acc = 0.0
-    for dz in range(2):
-        wz = fz if dz else 1 - fz
-        for dy in range(2):
-            wy = fy if dy else 1 - fy
-            for dx in range(2):
-                wx = fx if dx else 1 - fx
-                acc += wx * wy * wz * _hash3(ix + dx, iy + dy, iz + dz, seed)
-    return acc
+def _value_noise2(x, y, seed):  # type: ignore[no-untyped-def]
+    ix, iy = int(np.floor(x)), int(np.floor(y))
+    fx, fy = x - ix, y - iy
+    fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
+    a = _hash3(ix, iy, 0, seed)
+    b = _hash3(ix + 1, iy, 0, seed)
+    c = _hash3(ix, iy + 1, 0, seed)
+    d = _hash3(ix + 1, iy + 1, 0, seed)
+    return (a * (1 - fx) + b * fx) * (1 - fy) + (c * (1 - fx) + d * fx) * fy
+
+
+@numba.njit(cache=True, inline="always")
+def _surface_noise(px, py, pz, nx, ny, nz, s, seed):  # type: ignore[no-untyped-def]
+    """Two octaves of 2-D value noise in the plane facing the dominant normal axis."""
+    ax, ay, az = abs(nx), abs(ny), abs(nz)
+    if az >= ax and az >= ay:
+        u, v = px, py
+    elif ax >= ay:
+        u, v = py, pz
+    else:
+        u, v = px, pz
+    return 0.6 * _value_noise2(u * s, v * s, seed) + 0.4 * _value_noise2(u * s * 3.7, v * s * 3.7, seed + 31)
 
 
 @numba.njit(cache=True, parallel=True)
 def _shade(t, cls, inst, normal, dirs, cam, shadow, albedo, jitter, tex_amp, tex_scale, sun, sun_col, ambient,
            sky_zen, sky_hor, fog_dist, fog_col, exposure, noise, seed, out):  # type: ignore[no-untyped-def]
     n = t.shape[0]
-    inv_gamma = 1.0 / 2.2
+    gamma_lut = (np.arange(4097) / 4096.0) ** (1.0 / 2.2) * 255.0 + 0.5
+    gamma_lut = gamma_lut.astype(np.uint8)
     for i in numba.prange(n):
         rgb = np.empty(3)
         dx, dy, dz = dirs[i, 0], dirs[i, 1], dirs[i, 2]
@@ -154,18 +164,18 @@ def _shade(t, cls, inst, normal, dirs, cam, shadow, albedo, jitter, tex_amp, tex
             g = np.sqrt(e)
             cs = dx * sun[0] + dy * sun[1] + dz * sun[2]
             glow = max(cs, 0.0) ** 32 * 0.6
-            cl = _value_noise(dx / (dz + 0.15) * 2.5, dy / (dz + 0.15) * 2.5, 0.5, 7)
+            cl = _value_noise2(dx / (dz + 0.15) * 2.5, dy / (dz + 0.15) * 2.5, 7)
             cloud = max(cl, 0.0) * 0.35 * min(1.0, dz * 4 + 0.2)
             for c in range(3):
                 rgb[c] = (sky_hor[c] * (1 - g) + sky_zen[c] * g + glow * sun_col[c] + cloud) * exposure
-            _finish(rgb, i, noise, seed, inv_gamma, out)
+            _finish(rgb, i, noise, seed, gamma_lut, out)
             continue
         k = cls[i]
         px, py, pz = cam[0] + t[i] * dx, cam[1] + t[i] * dy, cam[2] + t[i] * dz
         s = tex_scale[k]
-        tex = 0.6 * _value_noise(px * s, py * s, pz * s, k) + 0.4 * _value_noise(px * s * 3.7, py * s * 3.7, pz * s * 3.7, k + 31)
+        tex = _surface_noise(px, py, pz, normal[i, 0], normal[i, 1], normal[i, 2], s, k)
         # large-scale colour drift over the terrain (shared by classes: blurs class boundaries)
-        drift = _value_noise(px * 0.08, py * 0.08, 0.0, 99)
+        drift = _value_noise2(px * 0.08, py * 0.08, 99)
         j0 = _hash3(inst[i], 1, 2, 3) * jitter[k]
         j1 = _hash3(inst[i], 5, 7, 11) * jitter[k]
         j2 = _hash3(inst[i], 13, 17, 19) * jitter[k]
@@ -180,17 +190,17 @@ def _shade(t, cls, inst, normal, dirs, cam, shadow, albedo, jitter, tex_amp, tex
             v = a * (ambient[c] * sky_term + sun_col[c] * lam)
             v = v * (1 - fog) + fog_col[c] * fog
             rgb[c] = v * exposure
-        _finish(rgb, i, noise, seed, inv_gamma, out)
+        _finish(rgb, i, noise, seed, gamma_lut, out)
 
 
 @numba.njit(cache=True, inline="always")
-def _finish(rgb, i, noise, seed, inv_gamma, out):  # type: ignore[no-untyped-def]
-    """Sensor noise (approximately Gaussian: sum of hashed uniforms), display gamma, 8-bit."""
+def _finish(rgb, i, noise, seed, gamma_lut, out):  # type: ignore[no-untyped-def]
+    """Sensor noise (hashed, uniform with the given standard deviation), display gamma, 8-bit."""
+    n = gamma_lut.shape[0] - 1
     for c in range(3):
-        z = (_hash3(i, c, 1, seed) + _hash3(i, c, 2, seed) + _hash3(i, c, 3, seed)) * 1.0
-        v = rgb[c] + noise * z
-        v = min(max(v, 0.0), 1.0) ** inv_gamma
-        out[i, c] = np.uint8(v * 255.0 + 0.5)
+        v = rgb[c] + noise * 1.7320508 * _hash3(i, c, 1, seed)
+        v = min(max(v, 0.0), 1.0)
+        out[i, c] = gamma_lut[int(v * n + 0.5)]
 
 
 def shade(t: np.ndarray, cls: np.ndarray, inst: np.ndarray, normal: np.ndarray, dirs: np.ndarray, cam: np.ndarray,
