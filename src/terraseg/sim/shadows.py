@@ -43,9 +43,8 @@ def _basis(sun: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True, parallel=True)
-def _splat_shadow(depth, prim, a0, b0, texel, e1, e2, sun, far, kind, params, sphere):  # type: ignore[no-untyped-def]
+def _splat_shadow(nthreads, depth, prim, a0, b0, texel, e1, e2, sun, far, kind, params, sphere):  # type: ignore[no-untyped-def]
     nb, na = depth.shape
-    nthreads = numba.get_num_threads()
     for th in numba.prange(nthreads):
         for k in range(kind.shape[0]):
             cx, cy, cz, r = sphere[k, 0], sphere[k, 1], sphere[k, 2], sphere[k, 3]
@@ -112,7 +111,7 @@ def shadow_map(world: World, sun: np.ndarray, texel: float = 0.12) -> ShadowMap:
     prim = np.full((nb, na), -1, np.int32)
     far = float(np.abs(corners @ sun).max() + 100.0)
     if world.num_primitives:
-        _splat_shadow(depth, prim, a0, b0, texel, e1, e2, sun, far, world.prim_kind, world._kparams,  # type: ignore[attr-defined]
+        _splat_shadow(numba.get_num_threads(), depth, prim, a0, b0, texel, e1, e2, sun, far, world.prim_kind, world._kparams,  # type: ignore[attr-defined]
                       world._sphere)  # type: ignore[attr-defined]
     sm = ShadowMap(sun, e1, e2, a0, b0, texel, depth, prim)
     cache[key] = sm
