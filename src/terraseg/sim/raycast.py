@@ -164,7 +164,8 @@ def _height(surf, x0, y0, res, x, y):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, parallel=True)
-def _cast(origins, ostride, dstride, n, dirs, t_max, terrain, surf, ground, ground_inst, x0, y0, res, lip, lip_cell, surf_max,
+def _cast(origins, ostride, dstride, n, dirs, t_max, terrain, surf, ground, ground_inst, x0, y0, res, lip, lip_cell,
+          hmax, hmax_cell, surf_max,
           kind, params, sphere, pcls, pinst, cell_start, cell_items, cell_zmax, gx0, gy0, cs, gh, gw, zmax,
           out_t, out_cls, out_inst, out_n, out_prim):  # type: ignore[no-untyped-def]
     for i in numba.prange(n):
@@ -253,6 +254,14 @@ def _cast(origins, ostride, dstride, n, dirs, t_max, terrain, surf, ground, grou
                     step = gap / (lip[ly, lx] + max(-dz, 0.0) + 1e-6) * 0.9
                     step = max(step, 0.02 + 0.008 * t)  # bounded work for grazing rays; bisection refines
                     step = min(step, lip_cell)
+                    # far above the surface around here (max over 3x3 coarse cells): take a long safe step
+                    hx_ = min(max(int((px - x0) / hmax_cell), 0), hmax.shape[1] - 1)
+                    hy_ = min(max(int((py - y0) / hmax_cell), 0), hmax.shape[0] - 1)
+                    cg = pz - hmax[hy_, hx_]
+                    if cg > 0.0:
+                        sc = hmax_cell if dz >= 0.0 else min(hmax_cell, cg / (-dz))
+                        if sc > step:
+                            step = sc
                     prev_t = t
                     t += step
         if ht < best:
@@ -290,7 +299,8 @@ def _cast(origins, ostride, dstride, n, dirs, t_max, terrain, surf, ground, grou
             out_prim[i] = -1
 
 
-LIP_CELL = 4.0  # metres: cell of the slope-bound grid; terrain steps never exceed it
+LIP_CELL = 4.0  # metres: cell of the slope-bound grid; slope-bounded steps never exceed it
+HMAX_CELL = 16.0  # metres: cell of the coarse max-height grid used for long steps high above the ground
 
 
 def _slope_grid(world: World) -> np.ndarray:
@@ -307,6 +317,18 @@ def _slope_grid(world: World) -> np.ndarray:
     pad[:h, :w] = g
     cell = pad.reshape(gh, k, gw, k).max(axis=(1, 3))
     return maximum_filter(cell, size=3, mode="nearest") * 1.1 + 0.05
+
+
+def _max_grid(world: World, cell: float) -> np.ndarray:
+    """Max surface height per ``cell`` over the cell and its 8 neighbours."""
+    from scipy.ndimage import maximum_filter
+
+    k = max(1, int(round(cell / world.res)))
+    h, w = world.surface.shape
+    gh, gw = -(-h // k), -(-w // k)
+    pad = np.full((gh * k, gw * k), -np.inf)
+    pad[:h, :w] = world.surface
+    return maximum_filter(pad.reshape(gh, k, gw, k).max(axis=(1, 3)), size=3, mode="nearest")
 
 
 def _prepare(world: World) -> None:
@@ -330,6 +352,7 @@ def _prepare(world: World) -> None:
     world._kparams = p  # type: ignore[attr-defined]
     world._sphere = sphere  # type: ignore[attr-defined]
     world._lip = _slope_grid(world)  # type: ignore[attr-defined]
+    world._hmax = _max_grid(world, HMAX_CELL)  # type: ignore[attr-defined]
     world._prepared = True  # type: ignore[attr-defined]
 
 
@@ -355,7 +378,8 @@ def cast_rays(world: World, origins: np.ndarray, dirs: np.ndarray, t_max: float 
     _prepare(world)
     gh, gw = world.grid_shape
     _cast(o, 0 if len(o) == 1 else 1, 0 if shared_dir else 1, n, d, float(t_max), bool(terrain), world.surface, world.ground, world.ground_inst,
-          world.x0, world.y0, world.res, world._lip, LIP_CELL, float(world.surface.max()),  # type: ignore[attr-defined]
+          world.x0, world.y0, world.res, world._lip, LIP_CELL, world._hmax, HMAX_CELL,  # type: ignore[attr-defined]
+          float(world.surface.max()),
           world.prim_kind, world._kparams, world._sphere, world.prim_class,  # type: ignore[attr-defined]
           world.prim_inst, world.cell_start, world.cell_items, world.cell_zmax, world.x0, world.y0, world.cell_size,
           gh, gw, world.zmax, out_t, out_cls, out_inst, out_n, out_prim)
