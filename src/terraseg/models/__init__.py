@@ -19,6 +19,7 @@ from terraseg.models.image import (
     load_image_model,
     unpack_outputs,
 )
+from terraseg.models.points import build_point_model, predict_scan
 from terraseg.models.surgery import (
     Checkpoint,
     TransferReport,
@@ -32,11 +33,13 @@ __all__ = [
     "ImageSegmenter",
     "TransferReport",
     "build_image_model",
+    "build_point_model",
     "describe_image_archs",
     "list_image_archs",
     "list_image_encoders",
     "load_image_model",
     "load_weights",
+    "predict_scan",
     "read_checkpoint",
     "save_checkpoint",
     "unpack_outputs",

@@ -1,0 +1,71 @@
+"""LiDAR point-cloud segmentation networks and whole-scan inference.
+
+- :class:`RandLANet` (point-based, Hu et al. 2020) with its data pipeline
+  :func:`randla_inputs` / :func:`collate_randla` (neighbours and sampling hierarchy computed
+  outside the network, scipy k-d tree).
+- :class:`SalsaNext` (range image, Cortinhal et al. 2020) with :func:`range_input`
+  (normalised channels) and the RangeNet++-style kNN back-projection
+  :func:`points_from_pixels`.
+- :func:`build_point_model` builds either from an architecture name and a width preset;
+  :func:`predict_scan` labels every point of a scan in one network pass.
+
+>>> import numpy as np
+>>> from terraseg.models.points import build_point_model, predict_scan
+>>> model = build_point_model("salsanext", num_classes=4, preset="tiny")
+>>> pts = np.random.default_rng(0).normal(0, 10, (2000, 4)).astype(np.float32)
+>>> pred = predict_scan(model, pts, projection="velodyne-hdl64e")
+>>> pred.labels.shape, pred.probabilities.shape
+((2000,), (2000, 4))
+"""
+
+from terraseg.models.points.build import PRESETS, PointModel, build_point_model, canonical_arch
+from terraseg.models.points.predict import (
+    OrganizedLayout,
+    RandLAPredictor,
+    RangePredictor,
+    ScanPrediction,
+    predict_scan,
+)
+from terraseg.models.points.randla_data import collate_randla, inputs_to, level_sizes, randla_inputs
+from terraseg.models.points.randlanet import RANDLA_PRESETS, RandLANet, RandLANetConfig
+from terraseg.models.points.range_data import NORMALIZATIONS, normalization, range_input
+from terraseg.models.points.range_post import (
+    SOURCE_FALLBACK,
+    SOURCE_NETWORK,
+    SOURCE_NONE,
+    SOURCE_VOTE,
+    KNNPost,
+    points_from_pixels,
+)
+from terraseg.models.points.salsanext import SALSANEXT_PRESETS, SalsaNext, SalsaNextConfig
+
+__all__ = [
+    "NORMALIZATIONS",
+    "PRESETS",
+    "RANDLA_PRESETS",
+    "SALSANEXT_PRESETS",
+    "SOURCE_FALLBACK",
+    "SOURCE_NETWORK",
+    "SOURCE_NONE",
+    "SOURCE_VOTE",
+    "KNNPost",
+    "OrganizedLayout",
+    "PointModel",
+    "RandLANet",
+    "RandLANetConfig",
+    "RandLAPredictor",
+    "RangePredictor",
+    "SalsaNext",
+    "SalsaNextConfig",
+    "ScanPrediction",
+    "build_point_model",
+    "canonical_arch",
+    "collate_randla",
+    "inputs_to",
+    "level_sizes",
+    "normalization",
+    "points_from_pixels",
+    "predict_scan",
+    "randla_inputs",
+    "range_input",
+]

@@ -1,0 +1,85 @@
+"""One entry point for the LiDAR segmentation networks: :func:`build_point_model`.
+
+Architectures and presets (``--preset``):
+
+=============  =========  ==================================================  ==========
+arch           preset     widths                                              parameters
+=============  =========  ==================================================  ==========
+``randlanet``  default    d_out 16, 64, 128, 256 (paper, SemanticKITTI)       1.24 M
+``randlanet``  small      d_out 8, 32, 64, 128                                0.31 M
+``randlanet``  large      d_out 16 ... 512, ratios 4, 4, 4, 4, 2 (S3DIS)      4.98 M
+``salsanext``  default    base 32, 3 context blocks (paper)                   6.71 M
+``salsanext``  small      base 16, 1 context block                            1.67 M
+``salsanext``  tiny       base 8, 1 context block                             0.42 M
+=============  =========  ==================================================  ==========
+
+(parameter counts for 20 classes and the default input channels; the paper reports 1.24 M
+for RandLA-Net and 6.7 M for SalsaNext).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from terraseg.errors import ConfigError
+from terraseg.models.points.randlanet import RANDLA_PRESETS, RandLANet, RandLANetConfig
+from terraseg.models.points.range_data import NORMALIZATIONS, normalization
+from terraseg.models.points.salsanext import SALSANEXT_PRESETS, SalsaNext, SalsaNextConfig
+
+PointModel = RandLANet | SalsaNext
+
+_ALIASES = {"randlanet": "randlanet", "randla-net": "randlanet", "randla": "randlanet",
+            "salsanext": "salsanext", "salsa-next": "salsanext"}
+DEFAULT_IN_CHANNELS = {"randlanet": 3, "salsanext": 5}
+
+PRESETS: dict[str, dict[str, dict[str, object]]] = {"randlanet": RANDLA_PRESETS, "salsanext": SALSANEXT_PRESETS}
+
+
+def canonical_arch(arch: str) -> str:
+    """The canonical name of an architecture (``randlanet`` or ``salsanext``)."""
+    key = arch.lower().replace("_", "-")
+    if key not in _ALIASES:
+        raise ConfigError(f"unknown point-model architecture {arch!r} (known: randlanet, salsanext)")
+    return _ALIASES[key]
+
+
+def build_point_model(arch: str, num_classes: int, in_channels: int | None = None, preset: str = "default",
+                      **overrides: Any) -> PointModel:
+    """A freshly initialised LiDAR segmentation network.
+
+    Args:
+        arch: ``"randlanet"`` (point-based) or ``"salsanext"`` (range image).
+        num_classes: output classes.
+        in_channels: input features; default 3 (x, y, z) for RandLA-Net and 5 (range, x, y, z,
+            intensity) for SalsaNext.
+        preset: a width preset of the architecture (see the module table), or ``"custom"``
+            (the config defaults, changed by ``overrides``).
+        overrides: further config fields (:class:`RandLANetConfig` or :class:`SalsaNextConfig`).
+            For SalsaNext, ``normalization="rellis3d"`` (or ``"semantickitti"``, ``"none"``)
+            selects published input statistics unless ``means`` / ``stds`` are given.
+
+    Returns:
+        A :class:`RandLANet` or :class:`SalsaNext` in training mode, on the CPU;
+        ``build_point_model(**model.spec)`` rebuilds it.
+    """
+    name = canonical_arch(arch)
+    presets = PRESETS[name]
+    if preset not in presets and preset != "custom":
+        raise ConfigError(f"unknown {name} preset {preset!r} (known: {', '.join(presets)}, or custom)")
+    fields: dict[str, Any] = dict(presets.get(preset, {}))
+    fields.update(overrides)
+    fields["num_classes"] = num_classes
+    fields["in_channels"] = DEFAULT_IN_CHANNELS[name] if in_channels is None else in_channels
+    fields.setdefault("preset", preset)
+    try:
+        if name == "randlanet":
+            return RandLANet(RandLANetConfig(**fields))
+        norm = str(fields.get("normalization", "semantickitti"))
+        means, stds = normalization(norm) if norm != "custom" else NORMALIZATIONS["semantickitti"]
+        fields.setdefault("means", means)
+        fields.setdefault("stds", stds)
+        same = (tuple(map(float, fields["means"])), tuple(map(float, fields["stds"]))) == (means, stds)
+        fields["normalization"] = norm if same else "custom"
+        return SalsaNext(SalsaNextConfig(**fields))
+    except TypeError as exc:  # an unknown config field
+        raise ConfigError(f"{name}: {exc}") from None
