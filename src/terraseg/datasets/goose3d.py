@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from terraseg.datasets.base import SPLITS, FrameDataset
-from terraseg.datasets.semantickitti import list_scans, read_scan
+from terraseg.datasets.semantickitti import list_scans, read_scan_with_labels
 from terraseg.errors import DataError
 from terraseg.frame import XYZI, Frame
-from terraseg.io.scans import read_label
 from terraseg.ontology import LabelMap
 
 _NAME = re.compile(r"__(\d+)_(\d{19})$")
@@ -114,12 +113,7 @@ class Goose3DDataset(FrameDataset):
 
     def _load(self, item: object) -> Frame:
         it: GooseItem = item  # type: ignore[assignment]
-        points = read_scan(it.scan)
-        source: dict[str, Path] = {"points": it.scan}
-        sem = inst = None
-        if it.label is not None:
-            sem, inst = read_label(it.label, num_points=len(points))
-            source["point_labels"] = it.label
+        points, sem, inst, source = read_scan_with_labels(it.scan, it.label)
         meta: dict[str, object] = {"split": it.split}
         parsed = parse_goose_name(it.name)
         timestamp = None

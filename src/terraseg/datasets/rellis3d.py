@@ -50,12 +50,11 @@ from pathlib import Path
 import numpy as np
 
 from terraseg.datasets.base import SPLITS, FrameDataset
-from terraseg.datasets.semantickitti import KittiSequenceFiles, ScanItem, read_scan
+from terraseg.datasets.semantickitti import KittiSequenceFiles, ScanItem, read_scan_with_labels
 from terraseg.errors import DataError
 from terraseg.frame import XYZI, Calibration, Frame, invert_transform
 from terraseg.io.calib import read_pose_yaml, read_rellis_calibration, read_rellis_camera_info
 from terraseg.io.labels import read_color_png, read_label_png
-from terraseg.io.scans import read_label
 from terraseg.ontology import LabelMap
 
 #: Label folder of the Ouster scans in the official release.
@@ -294,12 +293,7 @@ class Rellis3DLidarDataset(_RellisBase):
 
     def _load(self, item: object) -> Frame:
         it: ScanItem = item  # type: ignore[assignment]
-        points = read_scan(it.scan)
-        source: dict[str, Path] = {"points": it.scan}
-        sem = inst = None
-        if it.label is not None:
-            sem, inst = read_label(it.label, num_points=len(points))
-            source["point_labels"] = it.label
+        points, sem, inst, source = read_scan_with_labels(it.scan, it.label)
         meta: dict[str, object] = {"scan_index": it.index}
         if self.drop_origin:
             # three 1-D compares + take() are ~6x faster than any(axis=1) + fancy indexing

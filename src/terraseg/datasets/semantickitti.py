@@ -124,6 +124,19 @@ def read_scan(path: Path, num_fields: int = 4) -> np.ndarray:
     return read_bin(path, num_fields=num_fields)
 
 
+def read_scan_with_labels(scan: Path, label: Path | None
+                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, Path]]:
+    """A scan, its semantic and instance ids when ``label`` is given (count checked), and the
+    ``frame.source`` entries: ``(points, semantic or None, instance or None, source)``."""
+    points = read_scan(scan)
+    source: dict[str, Path] = {"points": scan}
+    sem = inst = None
+    if label is not None:
+        sem, inst = read_label(label, num_points=len(points))
+        source["point_labels"] = label
+    return points, sem, inst, source
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.setflags(write=False)
     return a
@@ -345,12 +358,7 @@ class SemanticKITTIDataset(FrameDataset):
 
     def _load(self, item: object) -> Frame:
         it: ScanItem = item  # type: ignore[assignment]
-        points = read_scan(it.scan)
-        source: dict[str, Path] = {"points": it.scan}
-        sem = inst = None
-        if it.label is not None:
-            sem, inst = read_label(it.label, num_points=len(points))
-            source["point_labels"] = it.label
+        points, sem, inst, source = read_scan_with_labels(it.scan, it.label)
         files = self._seq_files[it.sequence]
         calib = self.calibration(it.sequence)
         if calib is not None:
