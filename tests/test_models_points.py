@@ -401,7 +401,7 @@ def read_scan(path: Path) -> np.ndarray:
     from terraseg.io.scans import read_bin
 
     if not path.is_file():
-        pytest.skip(f"{path} not found")
+        pytest.skip(f"real scan {path} not found (the ../shared/data checkout is absent)")
     return read_bin(path)
 
 
