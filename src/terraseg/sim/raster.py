@@ -15,7 +15,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from terraseg.sim.raycast import CAPSULE, ELLIPSOID, Hits, _box, _capsule, _ellipsoid, _prepare
+from terraseg.sim.raycast import CAPSULE, ELLIPSOID, Hits, _facing_unit, _intersect, _prepare
 from terraseg.sim.world import World
 
 # LOD rings: (stride in height-field cells, outer radius in metres)
@@ -165,18 +165,9 @@ def _splat_prims(nthreads, rects, order, tnear, dirs, w, cam, kind, params, pcls
                     if out_t[pix] <= tnear[q]:  # something nearer than this primitive can be
                         continue
                     dx, dy, dz = dirs[pix, 0], dirs[pix, 1], dirs[pix, 2]
-                    kd = kind[k]
-                    if kd == ELLIPSOID:
-                        tt, nx, ny, nz = _ellipsoid(ox, oy, oz, dx, dy, dz, params[k])
-                    elif kd == CAPSULE:
-                        tt, nx, ny, nz = _capsule(ox, oy, oz, dx, dy, dz, params[k])
-                    else:
-                        tt, nx, ny, nz = _box(ox, oy, oz, dx, dy, dz, params[k])
+                    tt, nx, ny, nz = _intersect(kind[k], ox, oy, oz, dx, dy, dz, params[k])
                     if tt < out_t[pix]:
-                        nn = np.sqrt(nx * nx + ny * ny + nz * nz) + 1e-12
-                        nx, ny, nz = nx / nn, ny / nn, nz / nn
-                        if nx * dx + ny * dy + nz * dz > 0:
-                            nx, ny, nz = -nx, -ny, -nz
+                        nx, ny, nz = _facing_unit(nx, ny, nz, dx, dy, dz)
                         out_t[pix] = tt
                         out_cls[pix] = pcls[k]
                         out_inst[pix] = pinst[k]

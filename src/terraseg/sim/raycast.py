@@ -144,6 +144,26 @@ def _box(ox, oy, oz, dx, dy, dz, p):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, inline="always")
+def _intersect(kind, ox, oy, oz, dx, dy, dz, p):  # type: ignore[no-untyped-def]
+    """Distance and (unnormalised) normal of a ray hitting a primitive of ``kind`` (inf if missed)."""
+    if kind == ELLIPSOID:
+        return _ellipsoid(ox, oy, oz, dx, dy, dz, p)
+    if kind == CAPSULE:
+        return _capsule(ox, oy, oz, dx, dy, dz, p)
+    return _box(ox, oy, oz, dx, dy, dz, p)
+
+
+@numba.njit(cache=True, inline="always")
+def _facing_unit(nx, ny, nz, dx, dy, dz):  # type: ignore[no-untyped-def]
+    """The normal scaled to unit length and turned to face the ray direction's origin side."""
+    nn = np.sqrt(nx * nx + ny * ny + nz * nz) + 1e-12
+    nx, ny, nz = nx / nn, ny / nn, nz / nn
+    if nx * dx + ny * dy + nz * dz > 0:
+        return -nx, -ny, -nz
+    return nx, ny, nz
+
+
+@numba.njit(cache=True, inline="always")
 def _height(surf, x0, y0, res, x, y):  # type: ignore[no-untyped-def]
     h, w = surf.shape
     fx = (x - x0) / res
@@ -205,13 +225,7 @@ def _cast(origins, ostride, dstride, n, dirs, t_max, terrain, surf, ground, grou
                     d2 = qx * qx + qy * qy + qz * qz - tc * tc
                     if d2 > r2 or tc + sphere[k, 3] < 1e-4 or tc - sphere[k, 3] > best:
                         continue
-                    kd = kind[k]
-                    if kd == ELLIPSOID:
-                        t, nx, ny, nz = _ellipsoid(ox, oy, oz, dx, dy, dz, params[k])
-                    elif kd == CAPSULE:
-                        t, nx, ny, nz = _capsule(ox, oy, oz, dx, dy, dz, params[k])
-                    else:
-                        t, nx, ny, nz = _box(ox, oy, oz, dx, dy, dz, params[k])
+                    t, nx, ny, nz = _intersect(kind[k], ox, oy, oz, dx, dy, dz, params[k])
                     if t < best:
                         best, bnx, bny, bnz, bp = t, nx, ny, nz, k
             if dz > 0 and oz + dz * t_enter > zmax:
@@ -282,10 +296,7 @@ def _cast(origins, ostride, dstride, n, dirs, t_max, terrain, surf, ground, grou
             out_n[i, 0], out_n[i, 1], out_n[i, 2] = nx / nn, ny / nn, nz / nn
             out_prim[i] = -1
         elif bp >= 0:
-            nn = np.sqrt(bnx * bnx + bny * bny + bnz * bnz) + 1e-12
-            nx, ny, nz = bnx / nn, bny / nn, bnz / nn
-            if nx * dx + ny * dy + nz * dz > 0:
-                nx, ny, nz = -nx, -ny, -nz
+            nx, ny, nz = _facing_unit(bnx, bny, bnz, dx, dy, dz)
             out_t[i] = best
             out_cls[i] = pcls[bp]
             out_inst[i] = pinst[bp]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from terraseg.sim.raycast import CAPSULE, ELLIPSOID, _box, _capsule, _ellipsoid, _prepare
+from terraseg.sim.raycast import _intersect, _prepare
 from terraseg.sim.world import World
 
 
@@ -63,13 +63,7 @@ def _splat_shadow(nthreads, depth, prim, a0, b0, texel, e1, e2, sun, far, kind, 
                     ox = aa * e1[0] + bb * e2[0] + far * sun[0]
                     oy = aa * e1[1] + bb * e2[1] + far * sun[1]
                     oz = aa * e1[2] + bb * e2[2] + far * sun[2]
-                    kd = kind[k]
-                    if kd == ELLIPSOID:
-                        t, _, _, _ = _ellipsoid(ox, oy, oz, -sun[0], -sun[1], -sun[2], params[k])
-                    elif kd == CAPSULE:
-                        t, _, _, _ = _capsule(ox, oy, oz, -sun[0], -sun[1], -sun[2], params[k])
-                    else:
-                        t, _, _, _ = _box(ox, oy, oz, -sun[0], -sun[1], -sun[2], params[k])
+                    t, _, _, _ = _intersect(kind[k], ox, oy, oz, -sun[0], -sun[1], -sun[2], params[k])
                     if t < np.inf:
                         d = far - t
                         if d > depth[ib, ia]:
