@@ -17,6 +17,7 @@ import yaml
 from terraseg.errors import DataError
 from terraseg.frame import Calibration, invert_transform
 from terraseg.io.atomic import atomic_write_text
+from terraseg.yamlio import read_yaml
 
 
 def _floats(values: list[str], path: Path, key: str, n: int) -> np.ndarray:
@@ -103,12 +104,7 @@ def read_pose_yaml(path: str | os.PathLike[str]) -> np.ndarray:
     image needs its inverse, which :func:`read_rellis_calibration` applies.
     """
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{p}: transform file not found") from None
-    except yaml.YAMLError as exc:
-        raise DataError(f"{p}: invalid YAML ({exc})") from exc
+    data = read_yaml(p, "transform file", DataError)
     if not isinstance(data, dict) or not data:
         raise DataError(f"{p}: expected one transform entry with q and t")
     entry = next(iter(data.values())) if "q" not in data else data
@@ -163,12 +159,7 @@ def write_calib_yaml(path: str | os.PathLike[str], calib: Calibration) -> Path:
 def read_calib_yaml(path: str | os.PathLike[str]) -> Calibration:
     """Read terraseg's ``calib.yaml``; unknown keys are errors naming the file."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except FileNotFoundError:
-        raise DataError(f"{p}: calibration file not found") from None
-    except yaml.YAMLError as exc:
-        raise DataError(f"{p}: invalid YAML ({exc})") from exc
+    data = read_yaml(p, "calibration file", DataError) or {}
     extra = sorted(set(data) - {"K", "dist", "T_cam_lidar", "image_size"})
     if extra:
         raise DataError(f"{p}: unknown calibration keys {extra} (known: K, dist, T_cam_lidar, image_size)")

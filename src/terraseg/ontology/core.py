@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from terraseg.errors import ConfigError, DataError
+from terraseg.yamlio import read_yaml
 
 RGB = tuple[int, int, int]
 
@@ -188,12 +188,7 @@ class Ontology:
     def from_yaml(cls, path: str | os.PathLike[str]) -> Ontology:
         """Load an ontology from a YAML file."""
         p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: ontology file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: invalid YAML ({exc})") from exc
+        data = read_yaml(p, "ontology file", ConfigError)
         if not isinstance(data, Mapping):
             raise ConfigError(f"{p}: expected a mapping at the top level")
         return cls.from_dict(data, path=p)

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from terraseg.errors import ConfigError, DataError
 from terraseg.ontology.core import Ontology
 from terraseg.ontology.registry import builtin_map_path, get_ontology
+from terraseg.yamlio import read_yaml
 
 
 @dataclass(frozen=True)
@@ -97,12 +97,7 @@ class LabelMap:
     def from_yaml(cls, path: str | os.PathLike[str]) -> LabelMap:
         """Load a map file (keys: source, target, mapping, drop, drop_to, description)."""
         p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: label map file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: invalid YAML ({exc})") from exc
+        data = read_yaml(p, "label map file", ConfigError)
         if not isinstance(data, Mapping):
             raise ConfigError(f"{p}: expected a mapping at the top level")
         known = {"source", "target", "mapping", "drop", "drop_to", "description"}
