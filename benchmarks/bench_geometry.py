@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy
+from _synthetic import organized_scan
 
 from terraseg.frame import Calibration
 from terraseg.geometry import (
@@ -78,15 +79,8 @@ def load_rellis(data: Path) -> tuple[np.ndarray, Calibration, np.ndarray, str]:
 
 def synthetic(seed: int = 0) -> tuple[np.ndarray, Calibration, np.ndarray, str]:
     """A synthetic organised 64 x 2048 scan (~40 % no-return zeros) and a RELLIS-like camera."""
-    rng = np.random.default_rng(seed)
-    el = np.radians(np.linspace(17.0, -16.4, 64))[:, None]
-    yaw = np.radians(-np.arange(2048) * 360.0 / 2048)[None, :]
-    r = np.where(el < 0, np.minimum(1.5 / np.maximum(np.sin(-el), 1e-3), 60.0), rng.uniform(3, 60, (64, 2048)))
-    r = r * rng.uniform(0.95, 1.05, (64, 2048))
-    pts = np.stack([r * np.cos(el) * np.cos(yaw), r * np.cos(el) * np.sin(yaw), r * np.sin(el) + 0 * yaw,
-                    rng.uniform(0, 1, (64, 2048))], axis=-1)
-    pts[rng.random((64, 2048)) < 0.4] = 0.0
-    pts = pts.transpose(1, 0, 2).reshape(-1, 4).astype(np.float32)  # column-major like RELLIS
+    pts = organized_scan(seed)
+    rng = np.random.default_rng(seed + 1)
     T = np.eye(4)
     T[:3, :3] = [[0, 1, 0], [0, 0, -1], [-1, 0, 0]]  # camera looking along LiDAR -x, as in RELLIS
     K = [[2813.6, 0, 969.3], [0, 2808.3, 624.0], [0, 0, 1]]

@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _synthetic import organized_scan
 
 from terraseg.models.points import (
     SOURCE_FALLBACK,
@@ -74,19 +75,6 @@ MODELS = ("randlanet:default", "randlanet:small", "salsanext:default", "salsanex
 NUM_CLASSES = 20
 
 
-def synthetic(seed: int = 0) -> np.ndarray:
-    """A synthetic organised 64 x 2048 scan (column-major like RELLIS, ~40 % zero points)."""
-    rng = np.random.default_rng(seed)
-    el = np.radians(np.linspace(17.0, -16.4, 64))[:, None]
-    yaw = np.radians(-np.arange(2048) * 360.0 / 2048)[None, :]
-    r = np.where(el < 0, np.minimum(1.5 / np.maximum(np.sin(-el), 1e-3), 60.0), rng.uniform(3, 60, (64, 2048)))
-    r = r * rng.uniform(0.95, 1.05, (64, 2048))
-    pts = np.stack([r * np.cos(el) * np.cos(yaw), r * np.cos(el) * np.sin(yaw), r * np.sin(el) + 0 * yaw,
-                    rng.uniform(0, 0.01, (64, 2048))], axis=-1)
-    pts[rng.random((64, 2048)) < 0.4] = 0.0
-    return pts.transpose(1, 0, 2).reshape(-1, 4).astype(np.float32)
-
-
 def load_scan(scan: str, data: Path, use_synthetic: bool) -> tuple[np.ndarray, str, object, str]:
     """(points, description, range projection, SalsaNext normalisation) of a scan."""
     from terraseg.io.scans import read_bin
@@ -97,7 +85,7 @@ def load_scan(scan: str, data: Path, use_synthetic: bool) -> tuple[np.ndarray, s
         return read_bin(kitti), f"SemanticKITTI 00/000000 ({kitti})", "velodyne-hdl64e", "semantickitti"
     if scan == "rellis" and not use_synthetic and rellis.is_file():
         return read_bin(rellis), f"RELLIS-3D frame 104 ({rellis})", OrganizedLayout(64, 2048), "rellis3d"
-    return synthetic(), "synthetic organised 64 x 2048 scan (shared data not used)", OrganizedLayout(64, 2048), \
+    return organized_scan(intensity_max=0.01), "synthetic organised 64 x 2048 scan (shared data not used)", OrganizedLayout(64, 2048), \
         "rellis3d"
 
 
