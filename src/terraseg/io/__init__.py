@@ -4,6 +4,7 @@ from terraseg.io.atomic import atomic_path, atomic_write_bytes, atomic_write_tex
 from terraseg.io.images import read_image, write_image
 from terraseg.io.labels import read_color_png, read_label_png, write_color_png, write_label_png
 from terraseg.io.palette import load_palette, write_palette
+from terraseg.io.ply import read_ply, write_labeled_ply, write_ply
 from terraseg.io.png import encode_png, write_png
 from terraseg.io.scans import read_bin, read_label, write_bin, write_label
 
@@ -20,9 +21,12 @@ __all__ = [
     "read_color_png",
     "read_label",
     "read_label_png",
+    "read_ply",
     "write_bin",
     "write_color_png",
     "write_label",
     "write_label_png",
+    "write_labeled_ply",
+    "write_ply",
     "write_png",
 ]

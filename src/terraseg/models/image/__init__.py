@@ -48,9 +48,13 @@ from terraseg.models.image.factory import (
     list_image_encoders,
     load_image_model,
 )
+from terraseg.models.image.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalization, normalize_image
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "ImageArch",
+    "Normalization",
     "ImageSegmenter",
     "ModelOutput",
     "build_image_model",
@@ -59,5 +63,6 @@ __all__ = [
     "list_image_archs",
     "list_image_encoders",
     "load_image_model",
+    "normalize_image",
     "unpack_outputs",
 ]

@@ -1,0 +1,196 @@
+"""Lightning callbacks of the training engine: EMA of weights, terraseg checkpoints (best / last,
+atomic), atomic Lightning resume checkpoints and the per-epoch summary line."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from terraseg.io.atomic import atomic_path, atomic_write_text
+from terraseg.models.surgery import save_checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary name and renamed, so a kill during saving never
+    leaves a truncated ``last.ckpt``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+class EMA(Callback):
+    """Exponential moving average of the model's floating-point state (parameters and buffers).
+
+    Updated after every optimiser step with ``decay_n = min(decay, (1 + n) / (10 + n))``; the
+    averaged weights replace the trained ones during validation (and are what the terraseg
+    checkpoints store); the average is part of the resume checkpoint.
+    """
+
+    def __init__(self, decay: float = 0.999) -> None:
+        self.decay = float(decay)
+        self.shadow: dict[str, torch.Tensor] | None = None
+        self.updates = 0
+        self._backup: dict[str, torch.Tensor] | None = None
+        self._last_step = -1
+
+    def _model(self, pl_module: L.LightningModule) -> torch.nn.Module:
+        return pl_module.model  # type: ignore[return-value]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state = self._model(pl_module).state_dict()
+        if self.shadow is None:
+            self.shadow = {k: v.detach().clone() for k, v in state.items()}
+        else:  # restored from a checkpoint: move to the model's device
+            self.shadow = {k: v.to(state[k].device) for k, v in self.shadow.items()}
+        self._last_step = trainer.global_step
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.global_step == self._last_step or self.shadow is None:
+            return  # no optimiser step yet (gradient accumulation)
+        self._last_step = trainer.global_step
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for k, v in self._model(pl_module).state_dict().items():
+            s = self.shadow[k]
+            if s.dtype.is_floating_point:
+                s.mul_(d).add_(v.detach(), alpha=1.0 - d)
+            else:
+                s.copy_(v)
+        self.updates += 1
+
+    def averaged_state(self) -> dict[str, torch.Tensor] | None:
+        return self.shadow
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.shadow is None or trainer.sanity_checking:
+            return
+        model = self._model(pl_module)
+        self._backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._backup is not None:
+            self._model(pl_module).load_state_dict(self._backup)
+            self._backup = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shadow": {k: v.cpu() for k, v in (self.shadow or {}).items()}, "updates": self.updates,
+                "decay": self.decay}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.shadow = dict(state_dict["shadow"]) or None
+        self.updates = int(state_dict["updates"])
+
+
+class RunCheckpoints(Callback):
+    """After each validation: ``last.pth`` (and ``best.pth`` when val mIoU improved) as terraseg
+    checkpoints of the model (EMA weights when EMA is on) with ``meta`` (epoch, step, metrics,
+    preprocessing), plus the Lightning ``last.ckpt`` that ``--resume`` continues from; optionally
+    also ``last.ckpt`` every N steps. Writes ``history.jsonl`` (one line per validation) and
+    ``best.json``.
+    """
+
+    def __init__(self, run_dir: Path, meta: dict[str, Any], ema: EMA | None = None,
+                 every_steps: int | None = None, min_delta: float = 0.0) -> None:
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.meta = meta
+        self.ema = ema
+        self.every_steps = every_steps
+        self.min_delta = min_delta
+        self.best: float = -math.inf
+        self.best_epoch: int | None = None
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def resume_path(self) -> Path:
+        return self.ckpt_dir / "last.ckpt"
+
+    def _model_state_module(self, pl_module: L.LightningModule) -> torch.nn.Module:
+        model = pl_module.model
+        if self.ema is not None and self.ema.shadow is not None:
+            # a detached copy carrying the EMA weights; the trained weights stay in place
+            clone = _shallow_model_copy(model)
+            clone.load_state_dict(self.ema.shadow)
+            return clone
+        return model  # type: ignore[return-value]
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith("val/") and torch.as_tensor(v).numel() == 1}
+        miou = metrics.get("val/mIoU", float("nan"))
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
+        improved = math.isfinite(miou) and miou > self.best + self.min_delta
+        if improved:
+            self.best, self.best_epoch = miou, trainer.current_epoch
+        if trainer.is_global_zero:
+            meta = {**self.meta, "epoch": trainer.current_epoch, "step": trainer.global_step,
+                    "val": {k[4:]: v for k, v in metrics.items() if not k.startswith("val/IoU/")},
+                    "ema": self.ema is not None}
+            module = self._model_state_module(pl_module)
+            save_checkpoint(self.ckpt_dir / "last.pth", module, meta=meta)
+            if improved:
+                save_checkpoint(self.ckpt_dir / "best.pth", module, meta=meta)
+                atomic_write_text(self.run_dir / "best.json", json.dumps(row, indent=2) + "\n")
+            cm = getattr(pl_module, "val_cm", None)
+            if cm is not None:
+                cm.save(self.run_dir / "val_confusion.npz")
+            self.history.append(row)
+            with open(self.run_dir / "history.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        trainer.save_checkpoint(self.resume_path)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.every_steps and trainer.global_step and trainer.global_step % self.every_steps == 0:
+            trainer.save_checkpoint(self.resume_path)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.resume_path)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = float(state_dict["best"])
+        self.best_epoch = state_dict.get("best_epoch")
+
+
+def _shallow_model_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+class EpochSummary(Callback):
+    """One printed line per validation: epoch, step, loss, val mIoU / mAcc / aAcc, best so far."""
+
+    def __init__(self, checkpoints: RunCheckpoints, enabled: bool = True) -> None:
+        self.checkpoints = checkpoints
+        self.enabled = enabled
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+
+        def g(k: str) -> str:
+            v = m.get(k)
+            return "-" if v is None else f"{float(v):.2f}"
+
+        line = (f"epoch {trainer.current_epoch:>3}  step {trainer.global_step:>6}  loss {g('train/loss'):>6}  "
+                f"val mIoU {g('val/mIoU'):>6}  mAcc {g('val/mAcc'):>6}  aAcc {g('val/aAcc'):>6}  "
+                f"best {self.checkpoints.best:.2f} (epoch {self.checkpoints.best_epoch})")
+        print(line, flush=True)
+
