@@ -219,6 +219,22 @@ PRESETS: dict[str, RangeProjection] = {
 }
 
 
+def _sim_lidar(name: str, beams: int, up: float, down: float, steps: int) -> RangeProjection:
+    # terraseg.sim LiDARs: beams evenly spaced from ``up`` to ``down``, column c centred at yaw
+    # -(c + 0.5) * 360 / steps (column 0 starts at +x): the projection reproduces the sensor grid.
+    return RangeProjection(beams, steps, elevations=tuple(np.linspace(up, down, beams).tolist()), azimuth_start=0.0,
+                           name=name)
+
+
+# The simulator's LiDAR presets (terraseg.sim.LIDAR_PRESETS), for range networks on simulated scans.
+PRESETS.update({
+    "sim-os1-64": _sim_lidar("sim-os1-64", 64, 16.6, -16.6, 2048),
+    "sim-os1-64-1024": _sim_lidar("sim-os1-64-1024", 64, 16.6, -16.6, 1024),
+    "sim-vlp-32": _sim_lidar("sim-vlp-32", 32, 15.0, -25.0, 1800),
+    "sim-small": _sim_lidar("sim-small", 32, 15.0, -20.0, 512),
+})
+
+
 @dataclass(frozen=True)
 class RangeImage:
     """A scan as (H, W) images plus the pixel of every point.

@@ -2,12 +2,32 @@
 
 - :func:`load_model`: any terraseg checkpoint (camera or LiDAR) with its metadata.
 - :func:`evaluate_frames`: score a prediction function on a dataset with a metrics preset.
+- Camera: :class:`ImagePredictor` (whole image or sliding window, softmax-averaged TTA),
+  :func:`export_onnx` and :class:`OrtImagePredictor` (same interface on ONNX Runtime),
+  :class:`PredictionWriter` / :func:`iter_inputs` (folders, images, videos) and
+  :func:`write_goose_submission`.
 - LiDAR: :func:`predict_scan_regular` (Open3D-ML-compatible regular crops), :func:`back_project`,
   :func:`export_range_onnx` and :class:`OrtRangePredictor` (range network on ONNX Runtime).
 """
 
 from terraseg.inference.evaluate import Evaluation, evaluate_frames
+from terraseg.inference.image import (
+    BaseImagePredictor,
+    ImagePredictor,
+    TTAConfig,
+    WindowConfig,
+    infer_probabilities,
+    window_starts,
+)
 from terraseg.inference.models import LoadedModel, load_model
+from terraseg.inference.onnx_export import (
+    ExportReport,
+    OnnxModelInfo,
+    OrtImagePredictor,
+    export_checkpoint_onnx,
+    export_onnx,
+    read_onnx_metadata,
+)
 from terraseg.inference.points import (
     DEFAULT_NUM_POINTS,
     RegularCropSampler,
@@ -22,8 +42,30 @@ from terraseg.inference.range_onnx import (
     export_range_onnx,
     read_range_onnx_metadata,
 )
+from terraseg.inference.submission import SubmissionReport, submission_name, write_goose_submission
+from terraseg.inference.writers import OverlayVideoWriter, PredictionWriter, count_inputs, iter_inputs, video_fps
 
 __all__ = [
+    "BaseImagePredictor",
+    "ExportReport",
+    "ImagePredictor",
+    "OnnxModelInfo",
+    "OrtImagePredictor",
+    "OverlayVideoWriter",
+    "PredictionWriter",
+    "SubmissionReport",
+    "TTAConfig",
+    "WindowConfig",
+    "count_inputs",
+    "export_checkpoint_onnx",
+    "export_onnx",
+    "infer_probabilities",
+    "iter_inputs",
+    "read_onnx_metadata",
+    "submission_name",
+    "video_fps",
+    "window_starts",
+    "write_goose_submission",
     "DEFAULT_NUM_POINTS",
     "Evaluation",
     "LoadedModel",

@@ -425,7 +425,7 @@ class BaseImagePredictor:
     def _probabilities_tensor(self, images: np.ndarray) -> torch.Tensor:
         """``(N, H, W, 3)`` uint8 -> ``(N, K, H, W)`` float32 probabilities on :attr:`device`."""
         t = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
-        x = self.norm.torch(t)
+        x = self.norm.torch(t.permute(0, 3, 1, 2))  # channels first here: a 3-pixel-tall image stays unambiguous
         h, w = x.shape[-2:]
         if self.base_size is not None and (h, w) != self.base_size:
             x = F.interpolate(x, size=self.base_size, mode="bilinear", align_corners=False)

@@ -494,10 +494,14 @@ class OrtImagePredictor(BaseImagePredictor):
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=list(providers))
         except Exception as exc:  # ORT raises its own exception types for unreadable models
             raise DataError(f"{self.path}: ONNX Runtime cannot load the model ({exc})") from exc
-        self.info = OnnxModelInfo.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        props = self.session.get_modelmeta().custom_metadata_map
+        if "terraseg" in props:  # the single-key metadata of terraseg.inference.range_onnx
+            raise DataError(f"{self.path}: a LiDAR range-image model; use terraseg.inference.OrtRangePredictor")
+        self.info = OnnxModelInfo.from_props(props, str(self.path))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise DataError(f"{self.path}: expected one (N, 3, H, W) input, got "
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or (isinstance(inputs[0].shape[1], int)
+                                                             and inputs[0].shape[1] != 3):
+            raise DataError(f"{self.path}: expected one (N, 3, H, W) image input, got "
                             f"{[(i.name, i.shape) for i in inputs]}")
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         shape = inputs[0].shape

@@ -114,14 +114,11 @@ def _read_ids(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             mode = img.mode
-            if mode not in SINGLE_CHANNEL_MODES:
-                raise DataError(f"{path}: a {mode} image; submissions need single-channel id PNGs (mode L), "
-                                "not colour masks")
             arr = np.asarray(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, DataError):
-            raise
         raise DataError(f"{path}: unreadable or truncated PNG ({exc})") from exc
+    if mode not in SINGLE_CHANNEL_MODES:
+        raise DataError(f"{path}: a {mode} image; submissions need single-channel id PNGs (mode L), not colour masks")
     if arr.dtype.kind not in "ui" or (arr.size and arr.min() < 0):
         raise DataError(f"{path}: id PNG with negative or non-integer values")
     return arr

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -321,9 +322,18 @@ def _precision(cfg: TrainConfig) -> str:
     return {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}.get(p, p)
 
 
+def launched_worker() -> bool:
+    """True in the extra processes a DDP launch starts (Lightning's launcher, torchrun, SLURM set
+    these variables); they join the run rank 0 prepared."""
+    return any(os.environ.get(v, "0") not in ("", "0") for v in ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK"))
+
+
 def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
     """The run folder ``<output>/<name>``; refuses to mix two runs in one folder."""
     run_dir = Path(cfg.output) / cfg.name
+    if launched_worker():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if resume:
         if not ckpt.is_file():
@@ -390,7 +400,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
 
     t0 = time.perf_counter()
     run_dir = prepare_run_dir(cfg, resume, overwrite)
-    if not resume:
+    if not resume and not launched_worker():
         cfg.save(run_dir / "config.yaml")
     tr = cfg.trainer
     with _quiet_lightning():
