@@ -237,7 +237,7 @@ class _Run:
             if cfg.eval.window or cfg.eval.tta:
                 from terraseg.inference.image import TTAConfig, WindowConfig
 
-                window = _with_source(cfg, "eval.window", lambda: WindowConfig(**_tuples(cfg.eval.window)))
+                window = _with_source(cfg, "eval.window", lambda: WindowConfig.parse(cfg.eval.window or None))
                 tta = _with_source(cfg, "eval.tta", lambda: TTAConfig.parse(cfg.eval.tta))
             return train, val, ImageTask(window, tta, channels_last)
         from terraseg.training.point_augment import PointAugConfig, PointAugment
@@ -289,10 +289,6 @@ def _pad(onto: Ontology) -> int:
     from terraseg.training.data import pad_id
 
     return pad_id(onto)
-
-
-def _tuples(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def _with_source(cfg: TrainConfig, section: str, fn: Any) -> Any:
