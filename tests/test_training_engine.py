@@ -311,3 +311,23 @@ def test_ddp_two_processes_merge_metrics(sim_root: Path, tmp_path: Path) -> None
     expected = sum(int(np.isin(f.image_labels, [0], invert=True).sum()) for f in val)
     assert cm.total == expected
     assert math.isfinite(json.loads((tmp_path / "ddp" / "summary.json").read_text())["best_mIoU"])
+
+
+def test_copy_paste_and_repeat_factor_sampling_in_a_run(sim_root: Path, tmp_path: Path) -> None:
+    from terraseg.models.surgery import read_checkpoint
+    from terraseg.training.engine import _Run, train
+
+    cfg = image_recipe(sim_root, tmp_path, **{"trainer.max_epochs": 1, "data.repeat_factor": 0.5,
+                                              "augment": {"crop": None, "scale": [1.0, 1.0], "hflip": 0.0},
+                                              "copy_paste": {"classes": "rare", "num_rare": 3, "p": 1.0,
+                                                             "min_pixels": 4}})
+    run = _Run(cfg, tmp_path, progress=False)
+    rare = run.meta["copy_paste_classes"]
+    assert len(rare) == 3
+    # every training sample gets pasted instances of the rare classes
+    rare_ids = [run.ontology.id_of(n) for n in rare]
+    seen = sum(int(np.isin(run.train_set[i]["target"].numpy(), rare_ids).sum()) for i in range(len(run.train_set)))
+    plain = sum(int(np.isin(f.image_labels, rare_ids).sum()) for f in run.train_frames.frames)
+    assert seen > plain
+    res = train(cfg, progress=False)
+    assert read_checkpoint(res.last_checkpoint).meta["copy_paste_classes"] == rare

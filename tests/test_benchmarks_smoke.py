@@ -1,0 +1,117 @@
+"""Smoke tests of the speed benchmarks: each script runs at a tiny size and prints a consistent table.
+
+Only the structure and the arithmetic between columns are checked; no timing is asserted. The
+scripts run with one thread: on a busy 2-core machine OpenMP barriers across two threads can
+make a run several times slower.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+pytestmark = pytest.mark.slow
+
+
+def _run(script: str, *args: str) -> str:
+    """Run a benchmark script; return its stdout (fails the test on a non-zero exit)."""
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "ORT_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, env=env,
+                          cwd=BENCH.parent, timeout=300, check=False)
+    assert proc.returncode == 0, f"{script} exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def _table(out: str, first_column: str) -> tuple[list[str], list[list[str]]]:
+    """(header tokens, rows split on whitespace) of the table whose header starts with ``first_column``."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == [first_column])
+    assert set(lines[start + 1]) == {"-"}, "the header is not underlined"
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        rows.append(line.split())
+    return lines[start].split(), rows
+
+
+def test_bench_models_image_runs() -> None:
+    out = _run("bench_models_image.py", "--quick", "--repeats", "1", "--warmup", "0", "--threads", "1",
+               "--models", "litefpn", "--sizes", "64x64", "--rt-size", "64x64", "--exporter", "torchscript", "--synthetic")
+    header, rows = _table(out, "model")
+    assert header == ["model", "size", "backend", "net", "ms", "frame", "ms", "min", "ms", "FPS", "cpu", "ms",
+                      "x", "net", "x", "frame"]
+    assert [r[:3] for r in rows] == [["litefpn", "64x64", b] for b in ("eager", "eager-cl", "onnxruntime")]
+    for r in rows:
+        net, frame, best, fps, cpu, x_net, x_frame = map(float, r[3:])
+        assert net > 0 and frame > 0 and 0 < best <= frame and cpu >= 0 and x_net > 0 and x_frame > 0
+        assert fps == pytest.approx(1000 / frame, rel=0.02, abs=0.01)
+    assert rows[0][8:] == ["1.00", "1.00"]  # eager is the reference
+    assert "torchscript exporter" in out and "argmax agreement with PyTorch" in out
+    assert "litefpn 64x64: ONNX Runtime" in out and "(goal >= 1.5x)" in out and "(goal >= 15 FPS)" in out
+
+
+@pytest.mark.parametrize("script", ["bench_models_image.py", "bench_training.py"])
+def test_cuda_flag_without_gpu_skips(script: str, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """In-process (no second interpreter start): main() returns 0 before touching torch settings."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the fallback message is not printed")
+    monkeypatch.syspath_prepend(str(BENCH))  # the scripts import benchmarks/_synthetic.py
+    spec = importlib.util.spec_from_file_location(f"_smoke_{script[:-3]}", BENCH / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    assert module.main(["--device", "cuda", "--synthetic"]) == 0
+    out = capsys.readouterr().out
+    assert "CUDA is unavailable on this machine: skipping the GPU measurements" in out
+    assert "model" not in out.split("CUDA is unavailable")[1]  # no table after the message
+    assert torch.get_num_threads() == threads
+
+
+def test_bench_training_runs() -> None:
+    out = _run("bench_training.py", "--quick", "--repeats", "1", "--warmup", "0", "--threads", "1",
+               "--models", "litefpn", "--size", "64", "--range-presets", "tiny", "--randla-presets", "small", "--crop-points", "2048",
+               "--range-width", "128", "--synthetic")
+    header, rows = _table(out, "model")
+    assert header == ["model", "input", "batch", "precision", "ms/step", "min", "ms", "steps/s", "samples/s", "cpu",
+                      "ms", "data", "ms", "peak", "MB"]
+    assert [r[0] for r in rows] == ["litefpn", "salsanext:tiny", "randlanet:small"]
+    assert rows[0][1] == "64x64" and rows[1][1:3] == ["64x128", "range"] and rows[2][1:3] == ["2,048", "points"]
+    for r in rows:
+        batch, precision, step, best, steps, samples = r[-9:-3]
+        assert int(batch) == 2 and precision == "fp32"
+        assert 0 < float(best) <= float(step)
+        assert float(steps) == pytest.approx(1000 / float(step), rel=0.02, abs=0.002)
+        assert float(samples) == pytest.approx(2 * float(steps), rel=0.02, abs=0.01)
+    assert rows[0][-2] == "-" and float(rows[2][-2]) > 0  # data ms: RandLA-Net crops only
+    assert "synthetic organised 64 x 2048 scan" in out
+
+
+def test_bench_range_onnx_runs() -> None:
+    out = _run("bench_range_onnx.py", "--quick", "--repeats", "1", "--warmup", "0", "--threads", "1",
+               "--models", "salsanext:tiny,randlanet:small", "--synthetic")
+    header, rows = _table(out, "model")
+    assert header[:12] == ["model", "backend", "params", "pre", "net", "post", "total", "min", "cpu", "x", "eager",
+                           "peak"]
+    assert [r[:2] for r in rows] == [["salsanext:tiny", "eager"], ["salsanext:tiny", "onnxruntime"],
+                                     ["randlanet:small", "eager"]]
+    assert [r[2] for r in rows] == ["0.42M", "0.42M", "0.31M"]
+    for r in rows:
+        pre, net, post, total = map(float, r[3:7])
+        assert min(pre, net, post) >= 0 and total >= pre + net + post - 0.5
+    assert rows[0][9] == "1.00" and rows[0][11] == "-" and float(rows[1][11].rstrip("%")) >= 99.0
+    assert " ".join(rows[1][12:15]) == "<= 100 ms:" and " ".join(rows[2][12:15]) == "<= 2000 ms:"
+    assert "onnx salsanext:tiny: export + check" in out and "argmax agreement" in out
