@@ -26,10 +26,12 @@ spinning on a busy machine count too), and the peak memory of the configuration.
 
 Peak memory: CPU, the peak resident set size while the configuration runs (model, optimiser
 state, activations and gradients) above the resident size just before its model was built.
-On Linux the kernel's high-water mark (``VmHWM``) is reset first (``/proc/self/clear_refs``),
-so every row has its own peak; elsewhere ``ru_maxrss`` is used, which never resets, so a row
-whose peak stays below an earlier one shows ``-`` (psutil reports only the current RSS on
-Linux, so it does not help). GPU: ``torch.cuda.max_memory_allocated`` (tensors only, not the
+On Linux the C heap's free memory is handed back first (glibc ``malloc_trim``) and the
+kernel's high-water mark (``VmHWM``) reset (``/proc/self/clear_refs``), so every row has its own
+peak; elsewhere ``ru_maxrss`` is used, which never resets, so a row whose peak stays below an
+earlier one shows ``-`` (psutil reports only the current RSS on Linux, so it does not help).
+One small untimed LiteFPN step runs before the table so that one-time initialisation (lazy
+imports, autograd and oneDNN set-up, a few hundred MB) is not charged to the first row. GPU: ``torch.cuda.max_memory_allocated`` (tensors only, not the
 allocator cache or the CUDA context).
 
 Devices: the CPU (fp32, ``--threads`` threads, default all cores) by default; ``--device cuda``
@@ -48,6 +50,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import platform
@@ -105,6 +108,16 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _release_free_memory() -> None:
+    """Collect garbage and hand the C heap's free memory back to the system (glibc ``malloc_trim``),
+    so memory freed by an earlier measurement is neither in the next baseline nor silently reused."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory(AbstractContextManager["PeakMemory"]):
     """Peak memory of a block, MiB above the level at its start (see the module docstring).
 
@@ -117,7 +130,7 @@ class PeakMemory(AbstractContextManager["PeakMemory"]):
         self.method = ""
 
     def __enter__(self) -> PeakMemory:
-        gc.collect()
+        _release_free_memory()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -439,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_points:
         jobs += range_jobs(scan, range_presets, args.point_batch, args.range_width)
         jobs += randla_jobs(scan, randla_presets, args.point_batch, args.crop_points)
+    # One small untimed step first, so one-time initialisation (lazy imports, autograd and oneDNN
+    # set-up) is not charged to the first row's time and memory.
+    run_job(image_jobs(["litefpn"], 64, [1], device)[0], device, precisions[-1], args.loss, 0, 1)
     print()
     print(HEADER)
     print("-" * len(HEADER))

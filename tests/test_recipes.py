@@ -153,11 +153,11 @@ def _check_point_recipe(cfg: TrainConfig, k: int) -> None:
     if m.arch == "randlanet":
         assert cfg.data.batch_size == 1 or cfg.data.max_points is not None
     else:
-        organized = parse_organized(cfg.data.projection)
-        if organized is None:
-            proj = RangeProjection.preset(cfg.data.projection)
-            assert (proj.height, proj.width) == (64, 2048)
-        assert model.config.in_channels == m.in_channels
+        if parse_organized(cfg.data.projection) is None:
+            RangeProjection.preset(cfg.data.projection)
+        if cfg.augment.get("enabled", True):  # augmented scans leave the sensor order
+            assert parse_organized(cfg.data.projection) is None
+        assert m.in_channels is None or model.config.in_channels == m.in_channels
 
 
 @pytest.mark.parametrize("stem", REFERENCE_RECIPES)
@@ -290,17 +290,24 @@ def test_finetune_recipe_remaps_semantickitti_rows(tmp_path: Path, with_map: boo
         assert dict(report.class_map)["vehicle"] == ("car", "bicycle", "motorcycle", "truck", "other_vehicle")
     else:
         assert copied == {"person", "building", "fence", "pole"}
-    # the class rows really are the source rows (by name): person is row 6 in semantickitti, 12 in rellis3d
-    head = "head.3.weight" if "head.3.weight" in report.remapped else report.remapped[0]
-    assert torch.equal(dst.state_dict()[head][dst_onto.id_of("person")], src.state_dict()[head][src_onto.id_of("person")])
+    # the class rows really are the source rows: person is row 6 in semantickitti, 12 in rellis3d; with the
+    # map, rellis3d person is the mean of semantickitti person, bicyclist and motorcyclist
+    head = next(name for name in report.remapped if name.endswith("weight"))
+    w_src, w_dst = src.state_dict()[head], dst.state_dict()[head]
+    sources = ["person", "bicyclist", "motorcyclist"] if with_map else ["person"]
+    expected = w_src[[src_onto.id_of(n) for n in sources]].mean(0)
+    torch.testing.assert_close(w_dst[dst_onto.id_of("person")], expected)
 
 
-def test_label_map_example_is_complete() -> None:
-    import yaml
-
-    data = yaml.safe_load(_label_map_example())
-    lm_names = set(data["mapping"]) | set(data.get("drop") or [])
-    assert lm_names == set(get_ontology("semantickitti").names)
+def test_label_map_example_is_a_valid_label_map(tmp_path: Path) -> None:
+    path = tmp_path / "semantickitti_to_rellis3d.yaml"
+    path.write_text(_label_map_example())
+    lm = LabelMap.from_yaml(path)       # raises unless every source class is mapped or dropped
+    src, dst = get_ontology("semantickitti"), get_ontology("rellis3d")
+    assert (lm.source.name, lm.target.name) == (src.name, dst.name)
+    ids = np.array([src.id_of(n) for n in ("unlabeled", "car", "trunk", "terrain", "road")])
+    assert [dst.name_of(int(i)) for i in lm(ids)] == ["void", "vehicle", "tree", "grass", "asphalt"]
+    assert len({int(i) for i in lm.lut[src.ids]}) == 13   # the 13 RELLIS-3D classes the docs promise
 
 
 def test_semantickitti_randlanet_follows_the_official_setup() -> None:
@@ -402,7 +409,7 @@ def _yaml_text(v: Any) -> str:
 
 @pytest.mark.parametrize("section", list(SECTIONS))
 def test_training_doc_lists_every_key_with_its_default(section: str) -> None:
-    rows = _table_rows(section)
+    rows = {k: v for k, v in _table_rows(section).items() if "." in k}  # (data also has a reader-option table)
     for f in dataclasses.fields(SECTIONS[section]):
         key = f"{section}.{f.name}"
         assert key in rows, f"docs/training.md: no row for {key}"

@@ -123,15 +123,14 @@ def test_schedules_by_hand() -> None:
 
 # ------------------------------------------------------------------------------------- end to end
 def _untrained_miou(cfg: TrainConfig) -> float:
+    from terraseg.training.data import collate_images, collate_scans
     from terraseg.training.engine import _Run
 
     run = _Run(cfg, Path(cfg.output), progress=False)
     module = run.module.eval()
     module.on_validation_epoch_start()
     loader = torch.utils.data.DataLoader(run.val_set, batch_size=cfg.data.val_batch_size,
-                                         collate_fn=__import__("terraseg.training.data", fromlist=["x"]).collate_images
-                                         if cfg.task == "image" else
-                                         __import__("terraseg.training.data", fromlist=["x"]).collate_scans)
+                                         collate_fn=collate_images if cfg.task == "image" else collate_scans)
     with torch.no_grad():
         for batch in loader:
             module.validation_step(batch, 0)

@@ -102,8 +102,12 @@ def eval_cmd(
         from terraseg.inference.image import ImagePredictor
 
         tta_spec = tta if tta is not None else ((recipe.get("eval") or {}).get("tta") or None)
-        predictor = ImagePredictor.from_checkpoint(ckpt, device=device, tta=tta_spec or None,
-                                                   window=_window(window, crop, stride))
+        win = _window(window, crop, stride)
+        if win is None and (recipe.get("eval") or {}).get("window"):
+            from terraseg.inference.image import WindowConfig
+
+            win = WindowConfig.parse(recipe["eval"]["window"])
+        predictor = ImagePredictor.from_checkpoint(ckpt, device=device, tta=tta_spec or None, window=win)
         ev = evaluate_frames(frames, lambda f: predictor.predict(f.image), pre, "image", progress=not quiet)
     else:
         from terraseg.inference.scans import scan_predictor

@@ -110,6 +110,7 @@ class RunCheckpoints(Callback):
         self.best: float = -math.inf
         self.best_epoch: int | None = None
         self.history: list[dict[str, Any]] = []
+        self.last_validated_step = -1
 
     @property
     def resume_path(self) -> Path:
@@ -132,6 +133,7 @@ class RunCheckpoints(Callback):
         miou = metrics.get("val/mIoU", float("nan"))
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
         improved = math.isfinite(miou) and miou > self.best + self.min_delta
+        self.last_validated_step = trainer.global_step  # every rank (decides the final validation)
         if improved:
             self.best, self.best_epoch = miou, trainer.current_epoch
         if trainer.is_global_zero:
@@ -149,7 +151,8 @@ class RunCheckpoints(Callback):
             self.history.append(row)
             with open(self.run_dir / "history.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
-        trainer.save_checkpoint(self.resume_path)
+        if trainer.state.fn == "fit":  # a trainer.validate() after fit has no optimiser state to save
+            trainer.save_checkpoint(self.resume_path)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -157,14 +160,24 @@ class RunCheckpoints(Callback):
             trainer.save_checkpoint(self.resume_path)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final weights as ``last.pth`` (also for runs without a validation split) and the
+        resume checkpoint."""
+        if trainer.is_global_zero:
+            meta = {**self.meta, "epoch": trainer.current_epoch, "step": trainer.global_step,
+                    "val": {k: v for k, v in (self.history[-1] if self.history else {}).items()
+                            if k.startswith("val/") and not k.startswith("val/IoU/")},
+                    "ema": self.ema is not None}
+            meta["val"] = {k[4:]: v for k, v in meta["val"].items()}
+            save_checkpoint(self.ckpt_dir / "last.pth", self._model_state_module(pl_module), meta=meta)
         trainer.save_checkpoint(self.resume_path)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        return {"best": self.best, "best_epoch": self.best_epoch, "last_validated_step": self.last_validated_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = float(state_dict["best"])
         self.best_epoch = state_dict.get("best_epoch")
+        self.last_validated_step = int(state_dict.get("last_validated_step", -1))
 
 
 def _shallow_model_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -65,8 +65,9 @@ class DataConfig:
             random centre, as RandLA-Net's 45,056-point crops); None keeps whole scans.
         projection: points task, range networks: the spherical projection preset or
             ``organized:HxW`` for sensor-ordered scans (no augmentation then).
-        class_weights_file: class statistics JSON written by ``terraseg inspect --stats``;
-            without it named class weights (``enet`` ...) are computed from the training split.
+        class_weights_file: class statistics JSON written by ``terraseg inspect DATA --split train
+            --out DIR``; without it named class weights (``enet`` ...) are computed from the
+            training split.
     """
 
     root: str = ""
@@ -125,8 +126,8 @@ class OptimConfig:
     Attributes:
         name: adamw, adam or sgd.
         lr: base learning rate (of the decoder/head; encoder layers get ``lr * layer_decay**depth``).
-        weight_decay: decoupled weight decay (not applied to norms and biases when
-            ``no_decay_norm_bias``).
+        weight_decay: weight decay (decoupled for AdamW, an L2 penalty for Adam and SGD; not applied
+            to norms and biases when ``no_decay_norm_bias``).
         betas: Adam(W) betas; momentum: SGD momentum.
         layer_decay: layer-wise learning-rate decay of the encoder (BEiT / ConvNeXt style, stage-wise:
             stem and each stage are one layer); 1.0 disables it.
@@ -230,7 +231,8 @@ class EvalConfig:
     Attributes:
         preset: metrics preset (``default`` for the ontology, ``goose-challenge`` ...).
         window: ``{mode: whole|slide, crop: [H, W], stride: [H, W]}`` (image task).
-        tta: ``{scales: [...], flip: bool}`` (image task; off during training by default).
+        tta: ``{scales: [...], flip: bool}`` (image task): used by ``terraseg eval`` with this
+            recipe, never during training validation (which uses ``window`` only).
     """
 
     preset: str | None = None
@@ -313,6 +315,8 @@ class TrainConfig:
             raise ConfigError(f"{s}: trainer.precision must be auto, 32, bf16 or 16, got {t.precision!r}")
         if self.task == "points" and self.copy_paste:
             raise ConfigError(f"{s}: copy_paste applies to the image task only")
+        if self.task == "points" and self.data.repeat_factor is not None:
+            raise ConfigError(f"{s}: data.repeat_factor applies to the image task only")
 
 
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainConfig:

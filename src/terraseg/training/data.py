@@ -3,8 +3,8 @@
 Both tasks return, per sample, the network input and a ``target`` of the *ontology's raw ids*
 (int64) with :data:`IGNORE_INDEX` (-1) only where there is no label at all (crop padding, points
 without a pixel). Which ids the loss ignores (the ontology's ignore ids) and which the metrics
-ignore (the evaluation preset's) is decided later, so the two may differ (the GOOSE challenge
-scores class 0, which training ignores).
+ignore (the evaluation preset's) is decided later, so the two may differ (an ontology's void
+class can be left out of the loss but still scored, as the GOOSE challenge scores class 0).
 
 Randomness: every random choice of sample ``i`` in epoch ``e`` is drawn from
 ``numpy.random.default_rng((seed, e, i))``, so a run is reproducible whatever the number of

@@ -227,19 +227,25 @@ class _Run:
             from terraseg.models.image.preprocess import Normalization
             from terraseg.training.augment import ImageAugConfig, build_image_transform
 
-            aug = _with_source(cfg, "augment", lambda: ImageAugConfig.from_dict(cfg.augment))
+            if "ignore_id" in cfg.augment:
+                raise ConfigError(f"{cfg.source}: augment.ignore_id is set by the engine (padding is never a class)")
+            aug = _with_source(cfg, "augment", lambda: ImageAugConfig.from_dict(
+                {**cfg.augment, "ignore_id": _pad(self.ontology)}))
             norm = Normalization()
             self.meta["preprocess"] = {**norm.to_meta(), "base_size": list(aug.base_size) if aug.base_size else None}
             cp = self._copy_paste(progress) if cfg.copy_paste else None
             train = ImageSamples(self.train_frames, self.ontology, build_image_transform(aug, True, norm), cp, cfg.seed)
             val = ImageSamples(self.val_frames, self.ontology, build_image_transform(aug, False, norm), None, cfg.seed)
-            window = tta = None
-            if cfg.eval.window or cfg.eval.tta:
-                from terraseg.inference.image import TTAConfig, WindowConfig
+            window = None
+            if cfg.eval.window:  # training validation: the eval window, never TTA (that is for terraseg eval)
+                from terraseg.inference.image import WindowConfig
 
-                window = _with_source(cfg, "eval.window", lambda: WindowConfig.parse(cfg.eval.window or None))
-                tta = _with_source(cfg, "eval.tta", lambda: TTAConfig.parse(cfg.eval.tta))
-            return train, val, ImageTask(window, tta, channels_last)
+                window = _with_source(cfg, "eval.window", lambda: WindowConfig.parse(cfg.eval.window))
+            if cfg.eval.tta:
+                from terraseg.inference.image import TTAConfig
+
+                _with_source(cfg, "eval.tta", lambda: TTAConfig.parse(cfg.eval.tta))  # validated now, used by eval
+            return train, val, ImageTask(window, None, channels_last)
         from terraseg.training.point_augment import PointAugConfig, PointAugment
 
         model = self.model
@@ -321,7 +327,8 @@ def _precision(cfg: TrainConfig) -> str:
 def launched_worker() -> bool:
     """True in the extra processes a DDP launch starts (Lightning's launcher, torchrun, SLURM set
     these variables); they join the run rank 0 prepared."""
-    return any(os.environ.get(v, "0") not in ("", "0") for v in ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK"))
+    return any(os.environ.get(v, "0") not in ("", "0") for v in ("LOCAL_RANK", "NODE_RANK", "RANK", "GROUP_RANK",
+                                                                   "SLURM_PROCID"))
 
 
 def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
@@ -447,6 +454,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
             run.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         ckpt_path = str(ckpts.resume_path) if resume else None
         trainer.fit(run.module, datamodule=dm, ckpt_path=ckpt_path)
+        if len(run.val_frames) and trainer.global_step > 0 and ckpts.last_validated_step != trainer.global_step \
+                and not trainer.interrupted:
+            # stopped between validations (max_time, max_steps): score the final weights too
+            trainer.validate(run.module, datamodule=dm, verbose=False)
     history = _read_history(run_dir)
     best = run_dir / "checkpoints" / "best.pth"
     last = run_dir / "checkpoints" / "last.pth"
@@ -497,7 +508,8 @@ class _DataModule:
                 collate = collate_images if cfg.task == "image" else collate_scans
                 return torch.utils.data.DataLoader(
                     run.train_set, batch_size=cfg.data.batch_size, sampler=_EpochSampler(sampler, run.train_set),
-                    num_workers=cfg.data.num_workers, collate_fn=collate, drop_last=len(factors) >= 2 * cfg.data.batch_size,
+                    num_workers=cfg.data.num_workers, collate_fn=collate,
+                    drop_last=len(factors) > cfg.data.batch_size,  # no 1-sample batches (BatchNorm)
                     persistent_workers=False, pin_memory=torch.cuda.is_available())
 
             def val_dataloader(self) -> torch.utils.data.DataLoader:

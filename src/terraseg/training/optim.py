@@ -29,11 +29,11 @@ _STAGE_PATTERNS = (
     re.compile(r"(?:^|\.)blocks[._](\d+)"),         # efficientnet / mobilenet / vit: blocks.4
     re.compile(r"(?:^|\.)features[._](\d+)"),       # torchvision-style: features.6
 )
-ENCODER_PREFIXES = ("encoder.", "backbone.", "model.encoder.")
+ENCODER_PREFIXES = ("encoder.", "backbone.", "model.encoder.", "model.pixel_level_module.encoder.")
 
 
 def _is_encoder(name: str) -> bool:
-    return name.startswith(ENCODER_PREFIXES) or ".encoder." in name
+    return name.startswith(ENCODER_PREFIXES)
 
 
 def _stage_of(name: str) -> int | None:
