@@ -541,7 +541,8 @@ def test_range_projection_config_errors_and_presets() -> None:
         RangeProjection(3, 10, fov_up=-5.0, fov_down=5.0)
     with pytest.raises(ConfigError, match="unknown range projection preset 'hdl' \\(known: "):
         RangeProjection.preset("hdl")
-    assert set(PRESETS) == {"velodyne-hdl64e", "velodyne-vls128", "ouster-os1-64", "rellis3d-os1-64"}
+    assert set(PRESETS) == {"velodyne-hdl64e", "velodyne-vls128", "ouster-os1-64", "rellis3d-os1-64",
+                            "sim-os1-64", "sim-os1-64-1024", "sim-vlp-32", "sim-small"}
     vls = RangeProjection.preset("velodyne-vls128")
     assert (vls.height, vls.width) == (128, 1800)
     assert vls.elevations[0] == 15.0 and vls.elevations[-1] == -25.0
@@ -738,3 +739,17 @@ def test_spvnas_hdl64e_range_projection(shared_data: Path) -> None:
     by_pixel = ri.to_points(img)
     by_knn = nearest_labels(pts, pts[idx], sem[idx])
     assert (by_pixel == sem).mean() > 0.9 and (by_knn == sem).mean() > (by_pixel == sem).mean()
+
+
+def test_sim_projection_reproduces_the_simulated_sensor_grid(tmp_path: Path) -> None:
+    """Every return of a simulated scan gets its own pixel with the matching sim-* preset."""
+    from terraseg.datasets import SemanticKITTIDataset
+    from terraseg.geometry.range_image import project_scan
+    from terraseg.sim.dataset import simulate_dataset
+
+    simulate_dataset(tmp_path, frames=2, seed=1, camera=None, lidar="small", progress=False,
+                     splits={"train": 1.0})
+    f = SemanticKITTIDataset(tmp_path / "lidar", split="train", ontology="sim")[0]
+    ri = project_scan(f.points, "sim-small")
+    assert ri.has_pixel.all()
+    assert int(ri.mask.sum()) == len(f.points)  # no two returns share a pixel
