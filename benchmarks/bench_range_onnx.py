@@ -185,6 +185,9 @@ def load_scan(data: Path, synthetic: bool) -> tuple[np.ndarray, str]:
 # ---------------------------------------------------------------------------------------------- runs
 @dataclass
 class Row:
+    """One table row: medians of the stage timings (seconds), peak memory (MiB), label agreement
+    with the eager row (fraction of points with a return; NaN for the eager rows) and the labels."""
+
     model: str
     backend: str
     params: int

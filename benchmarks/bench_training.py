@@ -199,6 +199,8 @@ class Job:
 
 @dataclass
 class Result:
+    """Timings of one job (milliseconds per step: median, fastest, median CPU) and its peak MiB."""
+
     job: Job
     precision: str
     step_ms: float

@@ -55,6 +55,7 @@ def test_bench_models_image_runs() -> None:
     assert rows[0][8:] == ["1.00", "1.00"]  # eager is the reference
     assert "torchscript exporter" in out and "argmax agreement with PyTorch" in out
     assert "litefpn 64x64: ONNX Runtime" in out and "(goal >= 1.5x)" in out and "(goal >= 15 FPS)" in out
+    assert "on the network alone" in out
 
 
 @pytest.mark.parametrize("script", ["bench_models_image.py", "bench_training.py"])
