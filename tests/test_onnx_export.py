@@ -71,7 +71,7 @@ def test_export_litefpn_agreement_and_metadata(litefpn_onnx: tuple[Path, ExportR
     assert report.path == path and path.is_file()
     assert report.input_size == SIZE and not report.dynamic and report.opset == 18
     assert report.agreement >= 0.999 and report.max_abs_diff < 1e-3 and report.exporter == "dynamo"
-    assert report.checked_shapes == ((1, 3, *SIZE),) and report.seconds > 0
+    assert report.checked_shapes == ((1, 3, *SIZE),)
     assert "argmax agreement" in str(report)
     proto = onnx.load(str(path))
     [inp], [out] = proto.graph.input, proto.graph.output

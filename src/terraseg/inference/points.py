@@ -253,7 +253,7 @@ def predict_scan_regular(model: RandLANet, points: np.ndarray, *, num_points: in
         (``SOURCE_VOTE`` with grid sub-sampling: their nearest voxel's prediction,
         ``SOURCE_FALLBACK`` for points left out by ``max_crops``, ``SOURCE_NONE`` without a
         return), and ``timings`` ``"preprocess"`` (sub-sampling, crops, neighbour hierarchies),
-        ``"network"``, ``"postprocess"`` in seconds plus ``"crops"`` (the number of crops, a float).
+        ``"network"``, ``"postprocess"`` in seconds, and ``crops``, the number of crops.
     """
     _check_options(model, num_points, max_crops, smoothing, recenter, threshold, batch_size)
     cfg = model.config
@@ -338,6 +338,6 @@ def predict_scan_regular(model: RandLANet, points: np.ndarray, *, num_points: in
         labels[idx] = pv.argmax(axis=1)
         src[idx] = sv
     t5 = time.perf_counter()
-    crops_done = float(sampler.crops) if sampler is not None else 0.0
-    return ScanPrediction(labels, probs, src, {"preprocess": t_pre, "network": t_net, "postprocess": t5 - t4,
-                                               "crops": crops_done})
+    crops_done = sampler.crops if sampler is not None else 0
+    return ScanPrediction(labels, probs, src, {"preprocess": t_pre, "network": t_net, "postprocess": t5 - t4},
+                          crops=int(crops_done))

@@ -50,12 +50,15 @@ class ScanPrediction:
             :mod:`terraseg.models.points.range_post`).
         timings: wall-clock seconds of ``"preprocess"`` (projection or neighbour hierarchy),
             ``"network"`` (forward pass, including host-device copies) and ``"postprocess"``.
+        crops: network passes over parts of the scan (1 for whole-scan prediction; the number of
+            regular crops of :func:`terraseg.inference.predict_scan_regular`).
     """
 
     labels: np.ndarray
     probabilities: np.ndarray
     source: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    crops: int = 1
 
     @property
     def valid(self) -> np.ndarray:
