@@ -59,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import cpu_model
 from torch import nn
 
 from terraseg.inference.image import ImagePredictor
@@ -76,18 +77,6 @@ GOAL_RT_FPS = 15.0
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else the machine type."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def parse_size(text: str) -> tuple[int, int]:
     """``"640x480"`` (WIDTH x HEIGHT) -> ``(height, width)`` = (480, 640)."""
     try:

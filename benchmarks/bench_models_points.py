@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import cpu_model
 from _synthetic import organized_scan
 
 from terraseg.models.points import (
@@ -87,18 +88,6 @@ def load_scan(scan: str, data: Path, use_synthetic: bool) -> tuple[np.ndarray, s
         return read_bin(rellis), f"RELLIS-3D frame 104 ({rellis})", OrganizedLayout(64, 2048), "rellis3d"
     return organized_scan(intensity_max=0.01), "synthetic organised 64 x 2048 scan (shared data not used)", OrganizedLayout(64, 2048), \
         "rellis3d"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else the machine type."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def rss_mb() -> float:

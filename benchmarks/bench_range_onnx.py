@@ -53,22 +53,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import PeakMemory, cpu_model
 from _synthetic import organized_scan
 
 from terraseg.models.points import (
@@ -90,75 +87,6 @@ GOAL_RANDLA_MS = 2000.0
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else the machine type."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _status_mb(key: str) -> float | None:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB, None when unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _release_free_memory() -> None:
-    """Collect garbage and hand the C heap's free memory back to the system (glibc ``malloc_trim``),
-    so memory freed by an earlier measurement is neither in the next baseline nor silently reused."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakRSS(AbstractContextManager["PeakRSS"]):
-    """Peak resident memory of a block in MiB above the resident size at its start.
-
-    Linux: the kernel's high-water mark is reset on entry (``/proc/self/clear_refs``), so the
-    value is the block's own. Elsewhere ``ru_maxrss``, which never resets: ``peak_mb`` is None
-    when the block stays below an earlier peak.
-    """
-
-    peak_mb: float | None = None
-
-    def __enter__(self) -> PeakRSS:
-        _release_free_memory()
-        self.exact = False
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.exact = _status_mb("VmHWM") is not None
-        except OSError:
-            pass
-        rss = _status_mb("VmRSS")
-        self.start = rss if (self.exact and rss is not None) else _maxrss_mb()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.exact:
-            self.peak_mb = (_status_mb("VmHWM") or 0.0) - self.start
-        else:
-            grown = _maxrss_mb() - self.start
-            self.peak_mb = grown if grown > 0 else None
-
-
 def pin_cores(n: int) -> list[int] | None:
     """Restrict this process to ``n`` of the CPUs it may use (Linux), so that numpy / scipy stages
     (k-d trees with all workers) run on the same cores as the networks. Returns the CPUs, or
@@ -209,7 +137,7 @@ def measure(model: str, backend: str, make: Callable[[], tuple[Predict, int]], s
     ``reference`` on the points with a return.
     """
     runs = []
-    with PeakRSS() as mem:
+    with PeakMemory() as mem:
         predict, params = make()
         for _ in range(warmup):
             predict(scan)

@@ -50,11 +50,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -65,6 +62,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import PeakMemory, cpu_model
 from _synthetic import organized_scan
 from torch import nn
 
@@ -80,85 +78,6 @@ IGNORE_INDEX = 255
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else the machine type."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _status_mb(key: str) -> float | None:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB, None when unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _release_free_memory() -> None:
-    """Collect garbage and hand the C heap's free memory back to the system (glibc ``malloc_trim``),
-    so memory freed by an earlier measurement is neither in the next baseline nor silently reused."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakMemory(AbstractContextManager["PeakMemory"]):
-    """Peak memory of a block, MiB above the level at its start (see the module docstring).
-
-    ``peak_mb`` is None when it cannot be known (``ru_maxrss`` fallback with an earlier higher peak).
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mb: float | None = None
-        self.method = ""
-
-    def __enter__(self) -> PeakMemory:
-        _release_free_memory()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device) / 2**20
-            self.method = "torch.cuda.max_memory_allocated"
-            return self
-        self.exact = False
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
-            self.exact = _status_mb("VmHWM") is not None
-        except OSError:
-            pass
-        rss = _status_mb("VmRSS")
-        self.start = rss if (self.exact and rss is not None) else _maxrss_mb()
-        self.method = "VmHWM (reset per row)" if self.exact else "ru_maxrss"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.start
-        elif self.exact:
-            self.peak_mb = (_status_mb("VmHWM") or 0.0) - self.start
-        else:
-            grown = _maxrss_mb() - self.start
-            self.peak_mb = grown if grown > 0 else None
-
-
 def load_scan(data: Path, synthetic: bool) -> tuple[np.ndarray, str]:
     """(131072, 4) float32 organised 64 x 2048 scan and its description."""
     from terraseg.io.scans import read_bin
