@@ -26,7 +26,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,11 +104,11 @@ def resolve_ontology(cfg: TrainConfig, frames: Any) -> Ontology:
     return get_ontology(onto) if not isinstance(onto, Ontology) else onto
 
 
-def _class_weight_tables(cfg: TrainConfig, ontology: Ontology, train_frames: FrameCache, run_dir: Path,
-                         progress: bool) -> Any:
-    """Named class weights (enet, median, inv_sqrt) from a statistics file or the training split."""
+def _class_weight_tables(cfg: TrainConfig, ontology: Ontology, class_stats: Callable[[], ClassStats],
+                         run_dir: Path) -> Any:
+    """Named class weights (enet, median, inv_sqrt) from a statistics file or the training split
+    (``class_stats()`` counts it, once per run)."""
     cache: dict[str, np.ndarray] = {}
-    stats_holder: dict[str, ClassStats] = {}
 
     def table(name: str) -> np.ndarray:
         if name in cache:
@@ -116,9 +116,7 @@ def _class_weight_tables(cfg: TrainConfig, ontology: Ontology, train_frames: Fra
         if cfg.data.class_weights_file:
             w = load_class_weights(cfg.data.class_weights_file, name, ontology)  # type: ignore[arg-type]
         else:
-            if "s" not in stats_holder:
-                stats_holder["s"] = _count_classes(cfg, ontology, train_frames, progress)
-            w = stats_holder["s"].class_weights(name)  # type: ignore[arg-type]
+            w = class_stats().class_weights(name)  # type: ignore[arg-type]
         cache[name] = w
         atomic_write_text(run_dir / "class_weights.json",
                           json.dumps({"ontology": ontology.name,
@@ -183,13 +181,22 @@ class _Run:
         self.preset = self._preset()
         self.model = self._model()
         self.meta = {"task": cfg.task, "recipe": cfg.name, "ontology": self.ontology.name}
+        self._stats: ClassStats | None = None
+        self._progress = progress
         self.train_set, self.val_set, adapter = self._datasets(progress)
-        weights = _class_weight_tables(cfg, self.ontology, self.train_frames, run_dir, progress)
+        weights = _class_weight_tables(cfg, self.ontology, self.class_stats, run_dir)
         self.loss = build_loss(cfg.loss, ignore_index=IGNORE_INDEX, weight_tables=weights,
                                num_classes=self.num_classes, source=f"{cfg.source}: loss")
         from terraseg.training.module import SegmentationModule
 
         self.module = SegmentationModule(self.model, adapter, self.loss, cfg, self.ontology, self.preset)
+
+    def class_stats(self) -> ClassStats:
+        """Class counts of the training split, read once and shared by the loss weights and the
+        copy-paste choice of rare classes."""
+        if self._stats is None:
+            self._stats = _count_classes(self.cfg, self.ontology, self.train_frames, self._progress)
+        return self._stats
 
     def _preset(self) -> EvalPreset:
         name = self.cfg.eval.preset
@@ -275,7 +282,7 @@ class _Run:
         cp = dict(self.cfg.copy_paste or {})
         classes = cp.pop("classes", "rare")
         if classes == "rare":
-            stats = _count_classes(self.cfg, self.ontology, self.train_frames, progress)
+            stats = self.class_stats()
             f = stats.frequencies()
             seen = [c.id for c in self.ontology if f[c.id] > 0 and c.id not in self.ontology.ignore_ids]
             k = int(cp.pop("num_rare", max(1, len(seen) // 4)))
