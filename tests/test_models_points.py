@@ -249,6 +249,30 @@ def test_salsanext_presets_and_normalisation() -> None:
         build_point_model("salsanext", 3, in_channels=3)
 
 
+def test_salsanext_width_fold_is_lossless_and_keeps_every_pixel() -> None:
+    from terraseg.models.points.salsanext import fold_width, unfold_width
+
+    x = torch.arange(2 * 3 * 4 * 16, dtype=torch.float32).reshape(2, 3, 4, 16)
+    folded = fold_width(x, 4)
+    assert folded.shape == (2, 12, 4, 4)
+    # channel r * C + c of column j is channel c of column 4 j + r
+    assert torch.equal(folded[1, 2 * 3 + 1, 3, 2], x[1, 1, 3, 4 * 2 + 2])
+    assert torch.equal(unfold_width(folded, 4), x)
+    torch.manual_seed(0)
+    rt = build_point_model("salsanext", num_classes=7, preset="rt")
+    assert (rt.config.base_channels, rt.config.width_fold) == (16, 4)
+    assert rt.logits.weight.shape[0] == 7 * 4 and rt.class_heads == {}  # (class, sub-column) rows: no row surgery
+    out = rt(torch.randn(1, 5, 16, 100))  # width padded to a multiple of 16 * 4 inside, cropped back
+    assert out.shape == (1, 7, 16, 100)
+    # neighbouring columns of one folded column still get their own logits
+    assert not torch.allclose(out[..., 0], out[..., 1])
+    torch.nn.functional.cross_entropy(out, torch.randint(0, 7, (1, 16, 100))).backward()
+    assert rt.context[0].conv1.weight.grad.abs().sum() > 0
+    assert build_point_model(**rt.spec).config == rt.config
+    with pytest.raises(ConfigError, match="width_fold must be 1, 2, 4 or 8, got 3"):
+        build_point_model("salsanext", 3, preset="tiny", width_fold=3)
+
+
 def test_range_input_normalises_and_masks() -> None:
     pts = np.array([[10.0, 0.0, 0.0, 0.5], [0.0, 5.0, -1.0, 0.25]], dtype=np.float32)
     proj = RangeProjection(8, 64, fov_up=10.0, fov_down=-20.0)

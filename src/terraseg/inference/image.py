@@ -422,13 +422,21 @@ class BaseImagePredictor:
             return self.ontology.label_dtype
         return np.dtype(np.uint8) if self.num_classes <= 256 else np.dtype(np.uint16)
 
-    def _probabilities_tensor(self, images: np.ndarray) -> torch.Tensor:
-        """``(N, H, W, 3)`` uint8 -> ``(N, K, H, W)`` float32 probabilities on :attr:`device`."""
+    def _probabilities_tensor(self, images: np.ndarray, scores_only: bool = False) -> torch.Tensor:
+        """``(N, H, W, 3)`` uint8 -> ``(N, K, H, W)`` float32 probabilities on :attr:`device`.
+
+        With ``scores_only`` the result may be the logits instead (same argmax): that skips the
+        softmax of a single whole-image view at the model's own resolution (the real-time path).
+        """
         t = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
         x = self.norm.torch(t.permute(0, 3, 1, 2))  # channels first here: a 3-pixel-tall image stays unambiguous
         h, w = x.shape[-2:]
-        if self.base_size is not None and (h, w) != self.base_size:
+        resized = self.base_size is not None and (h, w) != self.base_size
+        if resized:
             x = F.interpolate(x, size=self.base_size, mode="bilinear", align_corners=False)
+        if scores_only and not resized and self.window.mode == "whole" and self.tta.views == [(1.0, False)]:
+            with torch.no_grad():
+                return _run_model(self._model_fn, x, self.num_classes)
         probs = infer_probabilities(self._model_fn, x, self.num_classes, self.window, self.tta, self.batch_windows)
         if probs.shape[-2:] != (h, w):
             probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
@@ -453,7 +461,7 @@ class BaseImagePredictor:
         for idx in by_shape.values():
             for s in range(0, len(idx), self.batch_size):
                 part = idx[s:s + self.batch_size]
-                probs = self._probabilities_tensor(np.stack([arrays[i] for i in part]))
+                probs = self._probabilities_tensor(np.stack([arrays[i] for i in part]), scores_only=True)
                 # max().indices: same ids as argmax, ~6x faster on CPU for (N, K, H, W) tensors
                 ids = probs.max(1).indices.cpu().numpy().astype(self.label_dtype)
                 for k, i in enumerate(part):

@@ -11,6 +11,8 @@ arch           preset     widths                                              pa
 ``salsanext``  default    base 32, 3 context blocks (paper)                   6.71 M
 ``salsanext``  small      base 16, 1 context block                            1.67 M
 ``salsanext``  tiny       base 8, 1 context block                             0.42 M
+``salsanext``  rt         small on a 4x width-folded image (real-time CPU)    1.67 M
+``salsanext``  rt-tiny    tiny on a 4x width-folded image                     0.42 M
 =============  =========  ==================================================  ==========
 
 (parameter counts for 20 classes and the default input channels; the paper reports 1.24 M

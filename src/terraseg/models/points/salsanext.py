@@ -52,6 +52,12 @@ class SalsaNextConfig:
             :data:`terraseg.models.points.range_data.NORMALIZATIONS`), or "custom".
         means, stds: per-channel means and standard deviations of the 5 raw channels (range,
             x, y, z, intensity; metres and sensor units) used to normalise the input.
+        width_fold: fold ``f`` of the image width into channels (1 = the paper's network). With
+            ``f > 1`` the (B, C, H, W) input is rearranged losslessly to (B, f C, H, W / f)
+            (column ``f j + r`` goes to channel block ``r`` of column ``j``), the network runs at
+            ``1 / f`` of the width and its (B, f K, H, W / f) output is unfolded back to
+            (B, K, H, W): about ``f`` times fewer operations, every pixel still gets its own
+            logits. For real-time inference on CPUs (the ``rt`` presets).
         preset: name of the preset the config came from (informative).
     """
 
@@ -63,6 +69,7 @@ class SalsaNextConfig:
     normalization: str = "semantickitti"
     means: tuple[float, ...] = (12.12, 10.88, 0.23, -1.04, 0.21)
     stds: tuple[float, ...] = (12.32, 11.47, 6.91, 0.86, 0.16)
+    width_fold: int = 1
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +84,8 @@ class SalsaNextConfig:
             raise ConfigError(f"SalsaNext: base_channels must be a positive multiple of 4, got {self.base_channels}")
         if self.context_blocks < 1 or not 0 <= self.dropout < 1:
             raise ConfigError("SalsaNext: need context_blocks >= 1 and 0 <= dropout < 1")
+        if self.width_fold not in (1, 2, 4, 8):
+            raise ConfigError(f"SalsaNext: width_fold must be 1, 2, 4 or 8, got {self.width_fold}")
         if len(self.means) != 5 or len(self.stds) != 5 or min(self.stds) <= 0:
             raise ConfigError("SalsaNext: means and stds need 5 values (range, x, y, z, intensity), stds > 0")
 
@@ -92,7 +101,25 @@ SALSANEXT_PRESETS: dict[str, dict[str, object]] = {
     "small": {"base_channels": 16, "context_blocks": 1},
     # Quarter width, one context block: about 1/16 of the MACs, for CPU inference.
     "tiny": {"base_channels": 8, "context_blocks": 1},
+    # Small width on a 4x width-folded image: real time on 2 CPU cores for 64 x 2048 scans.
+    "rt": {"base_channels": 16, "context_blocks": 1, "width_fold": 4},
+    # Tiny width, 4x fold: the fastest.
+    "rt-tiny": {"base_channels": 8, "context_blocks": 1, "width_fold": 4},
 }
+
+
+def fold_width(x: Tensor, f: int) -> Tensor:
+    """(B, C, H, W) -> (B, f C, H, W / f): channel ``r C + c`` of column ``j`` is channel ``c`` of
+    column ``f j + r`` (lossless; ``W`` must be a multiple of ``f``)."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h, w // f, f).permute(0, 4, 1, 2, 3).reshape(b, f * c, h, w // f)
+
+
+def unfold_width(y: Tensor, f: int) -> Tensor:
+    """Inverse of :func:`fold_width`: (B, f K, H, W / f) -> (B, K, H, W)."""
+    b, fk, h, wf = y.shape
+    k = fk // f
+    return y.reshape(b, f, k, h, wf).permute(0, 2, 3, 4, 1).reshape(b, k, h, wf * f)
 
 
 def _act() -> nn.Module:
@@ -203,11 +230,13 @@ class SalsaNext(nn.Module):
         self.config = config
         self.num_classes = config.num_classes
         self.in_channels = config.in_channels
-        self.class_heads: dict[str, int] = {"logits": 0}
+        f = config.width_fold
+        # with a width fold the head's rows are (class, sub-column) pairs: no class-row surgery
+        self.class_heads: dict[str, int] = {"logits": 0} if f == 1 else {}
         self.spec: dict[str, object] = {"arch": self.arch, **config.to_dict()}
         self.ontology: object | None = None
         c, p = config.base_channels, config.dropout
-        self.context = nn.Sequential(ResContextBlock(config.in_channels, c),
+        self.context = nn.Sequential(ResContextBlock(config.in_channels * f, c),
                                      *(ResContextBlock(c, c) for _ in range(config.context_blocks - 1)))
         self.res1 = ResBlock(c, 2 * c, p, pooling=True, drop_out=False)
         self.res2 = ResBlock(2 * c, 4 * c, p)
@@ -218,15 +247,18 @@ class SalsaNext(nn.Module):
         self.up2 = UpBlock(4 * c, 4 * c, p)
         self.up3 = UpBlock(4 * c, 2 * c, p)
         self.up4 = UpBlock(2 * c, c, p, drop_out=False)
-        self.logits = nn.Conv2d(c, config.num_classes, 1)
+        self.logits = nn.Conv2d(c, config.num_classes * f, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.config.in_channels:
             raise DataError(f"SalsaNext: expected input (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        ph, pw = (-h) % DOWNSAMPLE, (-w) % DOWNSAMPLE
+        f = self.config.width_fold
+        ph, pw = (-h) % DOWNSAMPLE, (-w) % (DOWNSAMPLE * f)
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
+        if f > 1:
+            x = fold_width(x, f)
         ctx = self.context(x)
         d0, s0 = self.res1(ctx)
         d1, s1 = self.res2(d0)
@@ -238,4 +270,6 @@ class SalsaNext(nn.Module):
         u = self.up3(u, s1)
         u = self.up4(u, s0)
         out = self.logits(u)
+        if f > 1:
+            out = unfold_width(out, f)
         return out[..., :h, :w] if (ph or pw) else out
