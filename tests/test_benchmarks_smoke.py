@@ -116,3 +116,18 @@ def test_bench_range_onnx_runs() -> None:
     assert rows[0][9] == "1.00" and rows[0][11] == "-" and float(rows[1][11].rstrip("%")) >= 99.0
     assert " ".join(rows[1][12:15]) == "<= 100 ms:" and " ".join(rows[2][12:15]) == "<= 2000 ms:"
     assert "onnx salsanext:tiny: export + check" in out and "argmax agreement" in out
+
+
+def test_bench_ensemble_runs() -> None:
+    out = _run("bench_ensemble.py", "--frames", "3", "--height", "32", "--width", "48", "--pool", "2", "--repeats", "1",
+               "--threads", "1", "--search-classes", "16", "--search-pixels", "1e6", "--fallback")
+    header, rows = _table(out, "method")
+    assert header == ["method", "threads", "best", "s", "Gtriples/s", "x", "bincount"]
+    assert [" ".join(r[:-4]) for r in rows] == ["np.bincount (key precomputed)", "naive numpy", "terraseg numba",
+                                                "terraseg numpy fallback"]
+    assert all(r[-4] == "1" and float(r[-3]) >= 0 and float(r[-1]) >= 0 for r in rows) and rows[0][-1] == "1.00"
+    header, rows = _table(out, "search")
+    assert header == ["search", "classes", "pixels", "atoms", "steps", "best", "s", "ms/step", "gain", "pts"]
+    assert rows[0][:3] == ["greedy", "default", "16"] and int(rows[0][5]) == int(rows[0][4]) + 1
+    assert "(goal <= 1.5x)" in out and "(goal <= 5 s)" in out
+    assert "PASS: identical 64x64x64 histograms from all 4 methods (4,608 triples)" in out
