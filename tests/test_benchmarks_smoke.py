@@ -131,3 +131,15 @@ def test_bench_ensemble_runs() -> None:
     assert rows[0][:3] == ["greedy", "default", "16"] and int(rows[0][5]) == int(rows[0][4]) + 1
     assert "(goal <= 1.5x)" in out and "(goal <= 5 s)" in out
     assert "PASS: identical 64x64x64 histograms from all 4 methods (4,608 triples)" in out
+
+
+def test_bench_runtime_runs() -> None:
+    out = _run("bench_runtime.py", "--quick")
+    header, rows = _table(out, "stream")
+    assert header == ["stream", "backend", "mode", "read", "pre", "infer", "post", "write", "p50", "p95", "max", "FPS",
+                      "drop"]
+    assert {(r[0], r[2]) for r in rows} >= {("camera", "max"), ("camera", "rt"), ("lidar", "max"), ("lidar", "rt")}
+    for r in rows:
+        done, total = r[-1].split("/")
+        assert int(total) == 6 and 0 <= int(done) <= 6 and float(r[-2]) > 0  # every frame predicted or dropped
+    assert "(goal >= 15 FPS)" in out and "(goal <= 100 ms)" in out

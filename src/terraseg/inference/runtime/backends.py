@@ -1,0 +1,349 @@
+"""Inference backends of the runtime: one ``predict(message) -> Prediction`` for every model kind.
+
+- Camera: :class:`ImageBackend` around an
+  :class:`~terraseg.inference.image.ImagePredictor` (PyTorch on CPU / CUDA, optional autocast:
+  float16 on CUDA, bfloat16 on CPU) or an
+  :class:`~terraseg.inference.onnx_export.OrtImagePredictor` (ONNX Runtime). The predictor's
+  normalisation, base size, windows and TTA apply unchanged; with one view and whole-image
+  inference at the image's own size the class ids are the argmax of the logits (the same ids
+  as the predictor's, without the softmax over every pixel).
+- LiDAR: :class:`ScanBackend` around ``predict(points) -> ScanPrediction``: a terraseg
+  checkpoint through :func:`terraseg.inference.scans.scan_predictor` (RandLA-Net or a range
+  network on PyTorch) or an :class:`~terraseg.inference.range_onnx.OrtRangePredictor`.
+
+:func:`load_backend` picks one from a model file: ``.onnx`` runs on ONNX Runtime, anything
+else is read as a terraseg checkpoint. Batch size is 1. Timings (milliseconds) go into
+``Prediction.timings_ms``: ``preprocess`` (camera: upload, normalisation, resize to the base
+size; LiDAR: projection / neighbour search), ``infer`` (the network, including the resize of
+the logits back to the image) and ``postprocess`` (camera: argmax and download; LiDAR: labels
+of every point). CUDA work is synchronised before each time is taken.
+
+Threads: backends do not call ``torch.set_num_threads`` (a process-wide setting that belongs to
+the application; ``terraseg run --threads`` sets it). ONNX Runtime sessions take ``threads``
+(intra-op threads per session).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from terraseg.errors import ConfigError, DataError
+from terraseg.inference.image import BaseImagePredictor, _check_image, infer_probabilities
+from terraseg.inference.runtime.types import Prediction, SensorMessage, StreamKind
+from terraseg.models.image.base import unpack_outputs
+from terraseg.ontology import Ontology
+
+ScanFn = Callable[[np.ndarray], Any]
+"""``(N, C) float32 points -> ScanPrediction`` (``labels``, ``probabilities``, ``timings`` in s)."""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Backend:
+    """Base of the backends: :attr:`kind`, :attr:`name` (for tables), :attr:`ontology` and :meth:`predict`.
+
+    Attributes:
+        kind: the stream kind it serves, ``camera`` or ``lidar``.
+        name: short description, e.g. ``onnxruntime:CPUExecutionProvider`` or ``pytorch:cuda+amp``.
+        ontology: the label ontology of the predictions.
+        model_path: the model file, when loaded from one.
+        scores: also return the probability of the predicted class (``Prediction.scores``).
+    """
+
+    kind: StreamKind
+    name: str
+    ontology: Ontology
+    model_path: Path | None = None
+    scores: bool = False
+
+    def predict(self, message: SensorMessage) -> Prediction:  # pragma: no cover - abstract
+        """Labels of one message with ``preprocess`` / ``infer`` / ``postprocess`` timings (ms)."""
+        raise NotImplementedError
+
+    def check(self, message: SensorMessage) -> None:
+        if message.stream != self.kind:
+            raise DataError(f"{message.topic} message {message.seq}: a {message.stream} message for the {self.kind} "
+                            f"model {self.model_path or self.name}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, ontology={self.ontology.name!r}, model={self.model_path})"
+
+
+def _require_ontology(onto: Ontology | None, where: Any) -> Ontology:
+    if onto is None:
+        raise ConfigError(f"{where}: the model does not say its label ontology (needed for class ids and colours)")
+    return onto
+
+
+# ---------------------------------------------------------------------------------------------- camera
+class ImageBackend(Backend):
+    """Camera backend around an image predictor (PyTorch or ONNX Runtime).
+
+    Args:
+        predictor: an :class:`~terraseg.inference.image.ImagePredictor` or
+            :class:`~terraseg.inference.onnx_export.OrtImagePredictor`.
+        name: description for tables (default: the runtime and device).
+        scores: also compute the softmax probability of the predicted class, (H, W) float32.
+        model_path: the model file, for messages.
+    """
+
+    kind: StreamKind = "camera"
+
+    def __init__(self, predictor: BaseImagePredictor, *, name: str | None = None, scores: bool = False,
+                 model_path: str | os.PathLike[str] | None = None) -> None:
+        self.predictor = predictor
+        self.model_path = Path(model_path) if model_path is not None else getattr(predictor, "path", None)
+        self.ontology = _require_ontology(predictor.ontology, self.model_path or type(predictor).__name__)
+        self.scores = bool(scores)
+        self.label_dtype = predictor.label_dtype
+        if name is None:
+            session = getattr(predictor, "session", None)
+            if session is not None:
+                name = "onnxruntime:" + session.get_providers()[0].replace("ExecutionProvider", "")
+            else:
+                name = f"pytorch:{predictor.device}" + ("+amp" if getattr(predictor, "amp", False) else "")
+        self.name = name
+
+    def _fast(self, hw: tuple[int, int]) -> bool:
+        """One view, whole image, no resize: the ids are the argmax of the logits."""
+        p = self.predictor
+        return (p.window.mode == "whole" and p.tta.views == [(1.0, False)]
+                and (p.base_size is None or tuple(p.base_size) == hw))
+
+    def predict(self, message: SensorMessage) -> Prediction:
+        self.check(message)
+        p = self.predictor
+        img = _check_image(message.image, f"{message.topic} message {message.seq}")  # type: ignore[arg-type]
+        h, w = img.shape[:2]
+        dev = p.device
+        scores = None
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            if not (img.flags.writeable and img.flags.c_contiguous):  # torch wants writable, contiguous memory
+                img = np.array(img, order="C")
+            x = p.norm.torch(torch.from_numpy(img).to(dev, non_blocking=True)[None].permute(0, 3, 1, 2))
+            fast = self._fast((h, w))
+            if not fast and p.base_size is not None and (h, w) != tuple(p.base_size):
+                x = F.interpolate(x, size=p.base_size, mode="bilinear", align_corners=False)
+            _sync(dev)
+            t1 = time.perf_counter()
+            if fast:
+                out = unpack_outputs(p._model_fn(x))[0].float()
+                if out.shape[-2:] != (h, w):
+                    out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+            else:
+                out = infer_probabilities(p._model_fn, x, p.num_classes, p.window, p.tta, p.batch_windows)
+                if out.shape[-2:] != (h, w):
+                    out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+            if out.dim() != 4 or out.shape[1] != p.num_classes:
+                raise DataError(f"{self.model_path or self.name}: the model returned {tuple(out.shape)} for a "
+                                f"{h}x{w} image; expected (1, {p.num_classes}, {h}, {w})")
+            _sync(dev)
+            t2 = time.perf_counter()
+            best = out[0].max(0)
+            ids = best.indices.cpu().numpy().astype(self.label_dtype)
+            if self.scores:
+                prob = torch.softmax(out[0], 0).max(0).values if fast else best.values
+                scores = prob.float().cpu().numpy()
+            t3 = time.perf_counter()
+        timings = {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+        return Prediction(message, ids, self.ontology.name, timings, scores, ontology_def=self.ontology)
+
+
+# ---------------------------------------------------------------------------------------------- LiDAR
+def xyzi(message: SensorMessage) -> np.ndarray:
+    """(N, 4) float32 x, y, z, intensity of a LiDAR message (intensity 0 when it has none)."""
+    from terraseg.inference.runtime.sources import _xyzi
+
+    if message.points is None:
+        raise DataError(f"{message.topic} message {message.seq}: a LiDAR message without points")
+    pts = np.asarray(message.points)
+    if pts.ndim != 2 or pts.shape[1] < 3 or pts.shape[1] != len(message.point_fields):
+        raise DataError(f"{message.topic} message {message.seq}: points must be (N, {len(message.point_fields)}) "
+                        f"for fields {message.point_fields}, got {pts.shape}")
+    return _xyzi(pts, message.point_fields)
+
+
+class ScanBackend(Backend):
+    """LiDAR backend around ``predict(points) -> ScanPrediction``.
+
+    Args:
+        predict_fn: e.g. :func:`terraseg.inference.scans.scan_predictor` of a checkpoint or an
+            :class:`~terraseg.inference.range_onnx.OrtRangePredictor`; it gets (N, 4) float32
+            x, y, z, intensity.
+        ontology: the label ontology of its outputs.
+        name: description for tables.
+        scores: also return the probability of each point's label, (N,) float32.
+    """
+
+    kind: StreamKind = "lidar"
+
+    def __init__(self, predict_fn: ScanFn, ontology: Ontology | None, *, name: str, scores: bool = False,
+                 model_path: str | os.PathLike[str] | None = None) -> None:
+        self.predict_fn = predict_fn
+        self.model_path = Path(model_path) if model_path is not None else None
+        self.ontology = _require_ontology(ontology, self.model_path or name)
+        self.name = name
+        self.scores = bool(scores)
+
+    def predict(self, message: SensorMessage) -> Prediction:
+        self.check(message)
+        t0 = time.perf_counter()
+        pts = xyzi(message)
+        t1 = time.perf_counter()
+        pred = self.predict_fn(pts)
+        t2 = time.perf_counter()
+        labels = np.asarray(pred.labels).astype(self.ontology.label_dtype)
+        scores = pred.probabilities.max(axis=1).astype(np.float32) if self.scores else None
+        t3 = time.perf_counter()
+        tm = dict(getattr(pred, "timings", {}) or {})
+        pre, net, post = tm.get("preprocess"), tm.get("network"), tm.get("postprocess")
+        if pre is None or net is None or post is None:  # a predictor without stage times: all of it is "infer"
+            pre, net, post = 0.0, t2 - t1, 0.0
+        timings = {"preprocess": (t1 - t0 + pre) * 1e3, "infer": net * 1e3, "postprocess": (post + t3 - t2) * 1e3}
+        return Prediction(message, labels, self.ontology.name, timings, scores, ontology_def=self.ontology)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _ort_providers(device: str | None) -> list[str] | None:
+    if device is None:
+        return None
+    d = str(device).lower()
+    if d.startswith("cuda"):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if d == "cpu":
+        return ["CPUExecutionProvider"]
+    raise ConfigError(f"unknown device {device!r} for ONNX Runtime (cpu or cuda)")
+
+
+def model_kind(path: str | os.PathLike[str], *, trusted: bool = False) -> StreamKind:
+    """``camera`` or ``lidar``: what a model file (``.onnx`` or terraseg checkpoint) segments.
+
+    Raises:
+        DataError: a missing or unreadable file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: model file not found")
+    if p.suffix.lower() == ".onnx":
+        import onnx
+
+        from terraseg.inference.range_onnx import METADATA_KEY
+
+        try:
+            proto = onnx.load(str(p), load_external_data=False)
+        except Exception as exc:  # protobuf decode errors of several types
+            raise DataError(f"{p}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        return "lidar" if any(e.key == METADATA_KEY for e in proto.metadata_props) else "camera"
+    from terraseg.inference.models import POINT_ARCHS
+    from terraseg.models.surgery import read_checkpoint
+
+    return "lidar" if dict(read_checkpoint(p, trusted=trusted).spec).get("arch") in POINT_ARCHS else "camera"
+
+
+def load_backend(path: str | os.PathLike[str], kind: StreamKind | None = None, *, device: str | None = None,
+                 amp: bool = False,
+                 threads: int | None = None, projection: str | None = None, tta: Any = None, window: Any = None,
+                 scores: bool = False, trusted: bool = False) -> Backend:
+    """A backend for a model file: ``.onnx`` on ONNX Runtime, else a terraseg checkpoint on PyTorch.
+
+    Args:
+        path: the model file.
+        kind: ``camera`` (image models) or ``lidar`` (RandLA-Net, range networks); None: what
+            the model is (:func:`model_kind`).
+        device: ``cpu`` / ``cuda`` / ``cuda:1`` (PyTorch), ``cpu`` / ``cuda`` (ONNX Runtime
+            providers); None or ``auto``: CUDA when available.
+        amp: PyTorch camera models: autocast (float16 on CUDA, bfloat16 on CPU).
+        threads: ONNX Runtime intra-op threads per session (default: ONNX Runtime's choice).
+        projection: LiDAR range networks: projection preset or ``organized:HxW`` (default: the
+            one recorded in the checkpoint / ONNX file).
+        tta, window: camera models: test-time augmentation and sliding windows (see
+            :class:`~terraseg.inference.image.ImagePredictor`); the default is one whole-image view.
+        scores: also return the confidence of each label.
+        trusted: allow loading checkpoints with arbitrary pickled objects.
+
+    Raises:
+        DataError: a missing or unreadable model file.
+        ConfigError: a model of the wrong kind (e.g. a LiDAR checkpoint for the camera), or options
+            that do not apply to it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: model file not found")
+    if kind is None:
+        kind = model_kind(p, trusted=trusted)
+    if kind not in ("camera", "lidar"):
+        raise ConfigError(f"kind must be camera or lidar, got {kind!r}")
+    if device is not None and str(device).lower() == "auto":
+        device = None
+    onnx = p.suffix.lower() == ".onnx"
+    if onnx and amp:
+        raise ConfigError(f"{p}: --amp applies to PyTorch checkpoints, not to ONNX models")
+    if kind == "camera":
+        if projection is not None:
+            raise ConfigError("projection applies to LiDAR range networks, not to camera models")
+        if onnx:
+            from terraseg.inference.onnx_export import OrtImagePredictor
+
+            ort_pred = OrtImagePredictor(p, providers=_ort_providers(device), threads=threads, tta=tta, window=window,
+                                         batch_size=1)
+            return ImageBackend(ort_pred, scores=scores, model_path=p)
+        from terraseg.inference.image import ImagePredictor
+        from terraseg.inference.models import POINT_ARCHS
+        from terraseg.models.surgery import read_checkpoint
+
+        arch = dict(read_checkpoint(p, trusted=trusted).spec).get("arch")
+        if arch in POINT_ARCHS:
+            raise ConfigError(f"{p}: a LiDAR model ({arch}) given as the camera model")
+        pred = ImagePredictor.from_checkpoint(p, trusted=trusted, device=device, amp=amp, tta=tta, window=window,
+                                              batch_size=1)
+        return ImageBackend(pred, scores=scores, model_path=p)
+    if tta is not None or window is not None:
+        raise ConfigError("tta and window apply to camera models, not to LiDAR models")
+    if onnx:
+        from terraseg.inference.range_onnx import OrtRangePredictor
+
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {threads}")
+        proj = _projection(projection) if projection is not None else None
+        ort_range = OrtRangePredictor(p, projection=proj, threads=threads, providers=_ort_providers(device),
+                                      source=str(p))
+        provider = ort_range.network.session.get_providers()[0].replace("ExecutionProvider", "")
+        return ScanBackend(ort_range, ort_range.network.ontology, name=f"onnxruntime:{provider}", scores=scores,
+                           model_path=p)
+    from terraseg.inference.models import load_model
+    from terraseg.inference.scans import scan_predictor
+
+    loaded = load_model(p, trusted=trusted)
+    if loaded.task != "points":
+        raise ConfigError(f"{p}: a camera model ({type(loaded.model).__name__}) given as the LiDAR model")
+    dev = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if amp:
+        raise ConfigError(f"{p}: --amp applies to camera models")
+    fn = scan_predictor(loaded, projection=projection, device=dev)
+    return ScanBackend(fn, loaded.ontology, name=f"pytorch:{dev}", scores=scores, model_path=p)
+
+
+def _projection(value: str) -> Any:
+    from terraseg.models.points.predict import OrganizedLayout
+    from terraseg.training.data import parse_organized
+
+    hw = parse_organized(value)
+    return OrganizedLayout(*hw) if hw is not None else value
+
+
+def describe_backends(backends: Sequence[Backend]) -> str:
+    """One line per backend: kind, name, model, ontology."""
+    return "\n".join(f"{b.kind}: {b.name} {b.model_path or ''} ({b.ontology.name}, {b.ontology.num_classes} classes)"
+                     for b in backends)
