@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -28,3 +29,24 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "sim-litefpn (camera), trained 1 epochs" in proc.stdout
     lidar = json.loads((out / "reports" / "sim-salsanext" / "metrics.json").read_text())
     assert lidar["preset"]["ontology"] == "sim" and lidar["counted"] > 0
+    # ensemble, ONNX models, runtime outputs and HTML reports (issue 7 and 8 steps)
+    for p in ("ensemble/rules.json", "reports/ensemble/metrics.json", "models/camera.onnx", "models/lidar.onnx",
+              "runtime/stats.json", "runtime/predictions_bag/metadata.yaml", "report/camera/report.html",
+              "report/lidar/report.html"):
+        assert (out / p).is_file(), p
+    rules = json.loads((out / "ensemble" / "rules.json").read_text())
+    assert rules["format"] == "terraseg-ensemble-rules" and rules["ontology"] == "sim"
+    stats = json.loads((out / "runtime" / "stats.json").read_text())
+    streams = stats["streams"]
+    assert {s["stream"] for s in streams.values()} == {"camera", "lidar"}
+    for s in streams.values():  # every frame of the test bag predicted or counted as dropped
+        assert s["frames_in"] > 0 and s["predicted"] + s["dropped"] == s["frames_in"]
+    assert len(list((out / "runtime" / "files").rglob("*.png"))) > 0
+    assert len(list((out / "runtime" / "files").rglob("*.label"))) > 0
+    html = (out / "report" / "camera" / "report.html").read_text()
+    for section in ('id="summary"', 'id="agreement"', 'id="ensemble"', 'id="samples"', 'id="curves"'):
+        assert section in html, section
+    if importlib.util.find_spec("rerun") is not None:
+        assert (out / "runtime" / "run.rrd").stat().st_size > 0
+        assert "live view:" in proc.stdout
+    assert "runtime over the test drive's bag at sensor rate" in proc.stdout

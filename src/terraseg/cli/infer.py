@@ -227,7 +227,6 @@ def export_cmd(
 
     Example: terraseg export runs/sim-litefpn/checkpoints/best.pth --onnx litefpn.onnx --size 480x640
     """
-    from terraseg.errors import ConfigError
     from terraseg.inference.image import _parse_size
     from terraseg.inference.models import load_model
 
@@ -242,23 +241,8 @@ def export_cmd(
                       f"{', dynamic' if rep.dynamic else ''}, opset {rep.opset}): argmax agreement "
                       f"{100 * rep.agreement:.3f} %, max |logit diff| {rep.max_abs_diff:.2e}", highlight=False)
         return
-    from terraseg.geometry.range_image import RangeProjection
-    from terraseg.inference.range_onnx import export_range_onnx
-    from terraseg.inference.scans import resolve_projection
-    from terraseg.models.points import SalsaNext
-    from terraseg.models.points.predict import OrganizedLayout
+    from terraseg.inference.range_onnx import export_range_checkpoint_onnx
 
-    if not isinstance(loaded.model, SalsaNext):
-        raise ConfigError(f"{ckpt}: ONNX export supports camera models and range networks; RandLA-Net needs its "
-                          "neighbour hierarchy from the data pipeline (run it with terraseg predict)")
-    proj = resolve_projection(None, loaded.meta)
-    if hw is None:
-        if isinstance(proj, OrganizedLayout):
-            hw = (proj.height, proj.width)
-        else:
-            p = RangeProjection.preset(proj) if isinstance(proj, str) else proj
-            hw = (p.height, p.width)
-    rep = export_range_onnx(loaded.model, onnx, hw, opset=opset, min_agreement=min_agreement,
-                            projection=proj if isinstance(proj, str) else None)
-    console.print(f"exported {ckpt} to {rep.path} (range image {hw[0]}x{hw[1]}): argmax agreement "
+    rep = export_range_checkpoint_onnx(ckpt, onnx, hw, opset=opset, min_agreement=min_agreement)
+    console.print(f"exported {ckpt} to {rep.path} (range image {rep.size[0]}x{rep.size[1]}): argmax agreement "
                   f"{100 * rep.agreement:.3f} %, max |logit diff| {rep.max_abs_diff:.2e}", highlight=False)

@@ -39,6 +39,7 @@ from terraseg.inference.range_onnx import (
     OrtRangeNetwork,
     OrtRangePredictor,
     RangeExportReport,
+    export_range_checkpoint_onnx,
     export_range_onnx,
     read_range_onnx_metadata,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "RegularCropSampler",
     "back_project",
     "evaluate_frames",
+    "export_range_checkpoint_onnx",
     "export_range_onnx",
     "grid_subsample",
     "load_model",

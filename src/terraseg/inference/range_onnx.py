@@ -384,3 +384,29 @@ class OrtRangePredictor(RangePredictor):
     def predict(self, points: np.ndarray) -> ScanPrediction:
         """Label every point of a scan (same as calling the predictor)."""
         return self(points)
+
+
+def export_range_checkpoint_onnx(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str],
+                                 size: tuple[int, int] | None = None, *, opset: int = DEFAULT_OPSET,
+                                 min_agreement: float = 0.999) -> RangeExportReport:
+    """Export the range network of a terraseg checkpoint (see :func:`export_range_onnx`).
+
+    ``size`` defaults to the image size of the projection recorded with the run (its preset, or
+    the organised layout); a preset name is stored in the file for :class:`OrtRangePredictor`.
+
+    Raises:
+        ConfigError: the checkpoint holds no range network (RandLA-Net needs its neighbour
+            hierarchy from the data pipeline and is not exported).
+    """
+    from terraseg.inference.models import load_model
+    from terraseg.inference.scans import resolve_projection
+
+    loaded = load_model(checkpoint)
+    if not isinstance(loaded.model, SalsaNext):
+        raise ConfigError(f"{checkpoint}: ONNX export supports camera models and range networks; RandLA-Net needs "
+                          "its neighbour hierarchy from the data pipeline (run it with terraseg predict)")
+    proj = resolve_projection(None, loaded.meta)
+    if size is None:
+        size = projection_size(proj)
+    return export_range_onnx(loaded.model, path, size, opset=opset, min_agreement=min_agreement,
+                             projection=proj if isinstance(proj, str) else None)
