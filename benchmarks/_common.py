@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import platform
 import resource
 from contextlib import AbstractContextManager
@@ -97,3 +98,16 @@ class PeakMemory(AbstractContextManager["PeakMemory"]):
         else:
             grown = maxrss_mb() - self.start
             self.peak_mb = grown if grown > 0 else None
+
+
+def pin_cores(n: int) -> list[int] | None:
+    """Restrict the process to its first ``n`` CPUs (Linux), so helper threads (k-d trees, ONNX
+    Runtime, the runtime's reader / writer) share the cores the timings are for. Returns the CPUs,
+    or None when nothing changed (no affinity support, or ``n`` covers them all)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if n >= len(cpus):
+        return None
+    os.sched_setaffinity(0, cpus[:n])
+    return cpus[:n]

@@ -65,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import PeakMemory, cpu_model
+from _common import PeakMemory, cpu_model, pin_cores
 from _synthetic import organized_scan
 
 from terraseg.models.points import (
@@ -87,17 +87,6 @@ GOAL_RANDLA_MS = 2000.0
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def pin_cores(n: int) -> list[int] | None:
-    """Restrict this process to ``n`` of the CPUs it may use (Linux), so that numpy / scipy stages
-    (k-d trees with all workers) run on the same cores as the networks. Returns the CPUs, or
-    None when nothing changed (no affinity support, or ``n`` covers them all)."""
-    if not hasattr(os, "sched_getaffinity"):
-        return None
-    cpus = sorted(os.sched_getaffinity(0))
-    if n >= len(cpus):
-        return None
-    os.sched_setaffinity(0, cpus[:n])
-    return cpus[:n]
 
 
 def load_scan(data: Path, synthetic: bool) -> tuple[np.ndarray, str]:

@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import cpu_model
+from _common import cpu_model, pin_cores
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -73,15 +73,6 @@ CAMERA_TOPIC, LIDAR_TOPIC = "/camera/image", "/lidar/points"
 STAGES = ("read", "preprocess", "infer", "postprocess", "write")
 
 
-def pin_cores(n: int) -> list[int] | None:
-    """Restrict the process to ``n`` of its CPUs (Linux); None when nothing changed."""
-    if not hasattr(os, "sched_getaffinity"):
-        return None
-    cpus = sorted(os.sched_getaffinity(0))
-    if n >= len(cpus):
-        return None
-    os.sched_setaffinity(0, cpus[:n])
-    return cpus[:n]
 
 
 def parse_hw(text: str) -> tuple[int, int]:

@@ -24,15 +24,14 @@ from terraseg.inference.runtime.ros_node import (
     labelled_cloud_fields,
     load_predictor,
     output_topic,
-    pack_rgb,
     points_from_msg,
     require_rclpy,
     sensor_message_from_image,
     sensor_message_from_pointcloud2,
     stamp_fields,
     to_ros_bytes,
-    unpack_rgb,
 )
+from terraseg.inference.runtime.sinks import pack_rgb, unpack_rgb
 from terraseg.inference.runtime.types import Prediction, SensorMessage
 from terraseg.io.bags.decode import decode_image, decode_pointcloud2
 from terraseg.io.bags.writer import image_payload, pointcloud_payload

@@ -56,7 +56,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from terraseg.errors import ConfigError, DataError, TerrasegError
-from terraseg.inference.runtime.sinks import topic_name
+from terraseg.inference.runtime.sinks import pack_rgb, topic_name
 from terraseg.inference.runtime.types import Prediction, SensorMessage
 from terraseg.io.bags.decode import decode_compressed_image, decode_image, decode_pointcloud2
 from terraseg.io.bags.writer import image_payload, pointcloud_payload
@@ -261,18 +261,6 @@ def colour_image_fields(labels: np.ndarray, ontology: Any, where: str = "labels"
     rgb = pal[np.minimum(arr, len(pal) - 1)]
     rgb[arr >= len(pal)] = 0
     return image_payload(np.ascontiguousarray(rgb), "rgb8")
-
-
-def pack_rgb(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 RGB -> (...) float32 whose bits are ``0x00RRGGBB`` (PCL / RViz ``rgb`` field)."""
-    c = np.asarray(rgb).astype(np.uint32)
-    return ((c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]).view(np.float32)
-
-
-def unpack_rgb(packed: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`pack_rgb`: (...) float32 -> (..., 3) uint8."""
-    u = np.ascontiguousarray(packed, dtype=np.float32).view(np.uint32)
-    return np.stack([(u >> 16) & 255, (u >> 8) & 255, u & 255], axis=-1).astype(np.uint8)
 
 
 def labelled_cloud_fields(points: np.ndarray, names: Sequence[str], labels: np.ndarray, ontology: Any = None,

@@ -68,9 +68,15 @@ def _header_frame(message: SensorMessage) -> str:
 
 
 def pack_rgb(colors: np.ndarray) -> np.ndarray:
-    """(N, 3) uint8 RGB -> (N,) float32 whose bits are ``0x00RRGGBB`` (PCL's packed ``rgb`` field)."""
-    c = np.asarray(colors, dtype=np.uint32)
-    return ((c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]).astype(np.uint32).view(np.float32)
+    """(..., 3) uint8 RGB -> (...) float32 whose bits are ``0x00RRGGBB`` (PCL / RViz packed ``rgb`` field)."""
+    c = np.asarray(colors).astype(np.uint32)
+    return ((c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]).view(np.float32)
+
+
+def unpack_rgb(packed: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`pack_rgb`: (...) float32 -> (..., 3) uint8."""
+    u = np.ascontiguousarray(packed, dtype=np.float32).view(np.uint32)
+    return np.stack([(u >> 16) & 255, (u >> 8) & 255, u & 255], axis=-1).astype(np.uint8)
 
 
 def _packed_colors(pred: Prediction, onto: Ontology) -> np.ndarray:
