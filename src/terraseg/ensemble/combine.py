@@ -124,6 +124,15 @@ def _bands(shape: tuple[int, ...]) -> list[slice]:
     return [slice(lo, min(shape[1], lo + rows)) for lo in range(0, shape[1], rows)]
 
 
+def _prepare(scores: Sequence[np.ndarray], weights: Sequence[float] | None, kinds: ScoreKind | Sequence[ScoreKind],
+             mode: AverageMode, sources: Sequence[str] | None) -> tuple[tuple[int, ...], np.ndarray, list[str]]:
+    """Check the inputs of an average: (common score shape, normalised weights, kind per model)."""
+    if mode not in ("prob", "logit"):
+        raise ConfigError(f"unknown averaging mode {mode!r} (prob, logit)")
+    srcs = list(sources) if sources is not None else [f"model {k + 1}" for k in range(len(scores))]
+    return _check_scores(scores, srcs), normalise_weights(weights, len(scores)), _kinds(kinds, len(scores))
+
+
 def average_scores(scores: Sequence[np.ndarray], weights: Sequence[float] | None = None, *,
                    kinds: ScoreKind | Sequence[ScoreKind] = "probs", mode: AverageMode = "prob",
                    sources: Sequence[str] | None = None) -> np.ndarray:
@@ -131,12 +140,7 @@ def average_scores(scores: Sequence[np.ndarray], weights: Sequence[float] | None
 
     ``mode="prob"`` returns probabilities, ``mode="logit"`` mean logits (see module docstring).
     """
-    if mode not in ("prob", "logit"):
-        raise ConfigError(f"unknown averaging mode {mode!r} (prob, logit)")
-    srcs = list(sources) if sources is not None else [f"model {k + 1}" for k in range(len(scores))]
-    shape = _check_scores(scores, srcs)
-    w = normalise_weights(weights, len(scores))
-    ks = _kinds(kinds, len(scores))
+    shape, w, ks = _prepare(scores, weights, kinds, mode, sources)
     out = np.empty(shape, dtype=np.float32)
     for sl in _bands(shape):
         out[:, sl] = _combine_band([s[:, sl] for s in scores], w, ks, mode)
@@ -157,12 +161,7 @@ def average_labels(scores: Sequence[np.ndarray], weights: Sequence[float] | None
     >>> average_labels([p1, p2]).tolist(), average_labels([p1, p2], [3, 1]).tolist()
     ([1, 1], [0, 1])
     """
-    if mode not in ("prob", "logit"):
-        raise ConfigError(f"unknown averaging mode {mode!r} (prob, logit)")
-    srcs = list(sources) if sources is not None else [f"model {k + 1}" for k in range(len(scores))]
-    shape = _check_scores(scores, srcs)
-    w = normalise_weights(weights, len(scores))
-    ks = _kinds(kinds, len(scores))
+    shape, w, ks = _prepare(scores, weights, kinds, mode, sources)
     out = np.empty(shape[1:], dtype=_ids_dtype(shape[0]))
     for sl in _bands(shape):
         out[sl] = _combine_band([s[:, sl] for s in scores], w, ks, mode).argmax(axis=0)
