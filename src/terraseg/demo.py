@@ -35,7 +35,7 @@ import numpy as np
 from terraseg.datasets import GenericDataset
 from terraseg.datasets.inspect import inspect_dataset
 from terraseg.errors import ConfigError
-from terraseg.io import write_label_png
+from terraseg.io import read_label_png, write_label_png
 from terraseg.metrics import evaluate_mask_folders, markdown_summary, write_reports
 from terraseg.ontology import LabelMap
 from terraseg.progress import ProgressBar
@@ -222,11 +222,12 @@ def run_demo(out: Path, frames: int = 60, size: str = "small", seed: int = 0, do
                                                 progress, extra)
         networks["lidar"] = train_and_evaluate(RECIPES / "sim_salsanext.yaml", data / "lidar", out, train_seconds,
                                                progress, extra)
-        # the camera network's test predictions mapped to traversability, scored like the baseline
-        pred = networks["camera"]["predictor"]
-        net_trav = out / "predictions" / "traversability-litefpn"
+        # the camera network's test predictions (written by the evaluation) mapped to traversability,
+        # scored like the baseline
+        net_pred, net_trav = networks["camera"]["predictions"], out / "predictions" / "traversability-litefpn"
         for f in test:
-            write_label_png(net_trav / f"{Path(f.frame_id).name}.png", to_trav(pred.predict(f.image)))
+            stem = Path(f.frame_id).name
+            write_label_png(net_trav / f"{stem}.png", to_trav(read_label_png(net_pred / f"{stem}.png")))
         ev = evaluate_mask_folders(net_trav, trav_gt, "traversability", progress=False)
         write_reports(ev.result, out / "reports" / "traversability-litefpn", ev.matrix,
                       title="LiteFPN (traversability)", model_name="litefpn")
