@@ -15,6 +15,11 @@ depend on the weights), batch 1, on ``--threads`` CPU threads (default 2, the on
   the range network SalsaNext (``--range-preset``, default ``small``) on the sensor's own
   layout, checkpoint on PyTorch and :func:`~terraseg.inference.range_onnx.export_range_onnx`.
 
+Backends: ``onnxruntime`` (the runtime's default: normalisation and argmax inside the ONNX graph,
+:mod:`terraseg.inference.onnx_fuse`), ``onnxruntime-unfused`` (the same file run as exported,
+with PyTorch normalising the image and taking the argmax / softmax around it: the reference the
+fused row is compared with) and ``pytorch`` (the checkpoint, eager).
+
 The input bag holds ``--frames`` synthetic frames per stream at 10 Hz. Each stream / backend
 runs in two modes:
 
@@ -42,7 +47,7 @@ most 100 ms and the camera network at least 15 FPS sustained.
 Usage::
 
     python benchmarks/bench_runtime.py [--frames 30] [--threads 2] [--camera-size 480x640]
-        [--scan-size 64x2048] [--range-preset small] [--backends onnxruntime,pytorch]
+        [--scan-size 64x2048] [--range-preset small] [--backends onnxruntime,onnxruntime-unfused,pytorch]
         [--streams camera,lidar] [--camera-hz 15] [--lidar-hz 10] [--no-combined] [--no-write]
         [--exporter torchscript] [--no-pin] [--json FILE]
     python benchmarks/bench_runtime.py --quick      # smoke test: tiny sizes, a few frames
@@ -136,7 +141,7 @@ def build_models(folder: Path, args: argparse.Namespace) -> dict[str, dict[str, 
         model = build_image_model("litefpn", args.camera_encoder, ontology=onto).eval()
         meta = {"preprocess": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "base_size": None}}
         out["camera"] = {"pytorch": save_checkpoint(folder / "litefpn.pth", model, meta=meta)}
-        if "onnxruntime" in args.backends:
+        if any(b.startswith("onnxruntime") for b in args.backends):
             rep = export_onnx(model, folder / "litefpn.onnx", args.camera_size, exporter=args.exporter, meta=meta)
             print(f"camera: {rep}")
             out["camera"]["onnxruntime"] = rep.path
@@ -146,7 +151,7 @@ def build_models(folder: Path, args: argparse.Namespace) -> dict[str, dict[str, 
         model.ontology = onto  # type: ignore[assignment]
         meta = {"preprocess": {"projection": f"organized:{h}x{w}"}}
         out["lidar"] = {"pytorch": save_checkpoint(folder / "salsanext.pth", model, ontology=onto, meta=meta)}
-        if "onnxruntime" in args.backends:
+        if any(b.startswith("onnxruntime") for b in args.backends):
             rep2 = export_range_onnx(model, folder / "salsanext.onnx", (h, w), projection=OrganizedLayout(h, w))
             print(f"lidar: {rep2.path}: range image {h}x{w}, argmax agreement {rep2.agreement:.5f}, "
                   f"{rep2.seconds:.1f} s")
@@ -249,11 +254,19 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for c in cells:
         print("  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))))
     print()
+    for stream in ("camera", "lidar"):  # the in-graph pre/post-processing against the plain graph, same run
+        by = {(r["backend"], r["mode"]): r for r in rows if r["stream"] == stream}
+        for (name, mode), r in by.items():
+            ref = by.get((name + " (unfused)", mode))
+            if ref is not None and mode == "max" and r["fps"] > 0 and ref["fps"] > 0:
+                print(f"{stream}: fused graph {r['fps']:.1f} FPS vs unfused {ref['fps']:.1f} FPS "
+                      f"({r['fps'] / ref['fps']:.2f}x)")
+    print()
 
 
 def print_goals(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     for r in rows:
-        if not r["backend"].startswith("onnxruntime"):
+        if not r["backend"].startswith("onnxruntime") or "unfused" in r["backend"]:
             continue
         if r["stream"] == "lidar" and r["mode"] in ("rt", "both"):
             ok = r["p95"] <= 100.0
@@ -276,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--camera-encoder", default="tu-mobilenetv3_large_100", help="LiteFPN encoder")
     p.add_argument("--scan-size", type=parse_hw, default=(64, 2048), help="organised scan HxW (beams x columns)")
     p.add_argument("--range-preset", default="rt", help="SalsaNext preset: default, small, tiny, rt or rt-tiny")
-    p.add_argument("--backends", default="onnxruntime,pytorch")
+    p.add_argument("--backends", default="onnxruntime,onnxruntime-unfused,pytorch")
     p.add_argument("--streams", default="camera,lidar")
     p.add_argument("--camera-hz", type=float, default=15.0)
     p.add_argument("--lidar-hz", type=float, default=10.0)
@@ -310,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# inputs and models ready in {time.perf_counter() - t0:.1f} s\n")
         for kind in args.streams:
             for backend in args.backends:
-                b = load_backend(models[kind][backend], kind, device="cpu", threads=args.threads)  # type: ignore[arg-type]
+                fuse = backend != "onnxruntime-unfused"
+                file = models[kind]["onnxruntime" if backend == "onnxruntime-unfused" else backend]
+                b = load_backend(file, kind, device="cpu", threads=args.threads, fuse=fuse)  # type: ignore[arg-type]
                 for mode in ("max", "rt"):
                     rows.append(run_mode(folder / "input_bag", folder / f"out_{kind}_{backend}_{mode}", kind, b,
                                          mode, args, hz[kind]))

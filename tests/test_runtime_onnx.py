@@ -109,6 +109,81 @@ def test_onnx_backends_match_the_onnx_predictors(models: dict[str, Path]) -> Non
         load_backend(models["img"], "lidar")
 
 
+def test_fused_graph_gives_the_argmax_and_softmax_confidence_of_the_plain_graph(models: dict[str, Path]) -> None:
+    import onnx
+
+    from terraseg.inference.onnx_export import OrtImagePredictor
+    from terraseg.inference.onnx_fuse import fuse_outputs, fused_session, make_session
+
+    plain = OrtImagePredictor(models["img"], threads=1)
+    mean, std = plain.norm.mean, plain.norm.std
+    sess = fused_session(models["img"], uint8_input=(mean, std), confidence=True, num_classes=plain.num_classes,
+                         threads=1)
+    assert [i.name for i in sess.get_inputs()] == ["image_u8"]
+    assert [(o.name, o.type) for o in sess.get_outputs()] == [("labels", "tensor(uint8)"),
+                                                              ("confidence", "tensor(float)")]
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+    img[:8] = 0  # flat regions as well as noise
+    labels, conf = sess.run(None, {"image_u8": img[None]})
+    x = ((img / 255.0 - np.array(mean)) / np.array(std)).astype(np.float32).transpose(2, 0, 1)[None]
+    logits = plain.session.run(None, {"image": x})[0]
+    np.testing.assert_array_equal(labels, logits.argmax(1).astype(np.uint8))
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(conf, (e / e.sum(1, keepdims=True)).max(1), rtol=1e-4, atol=1e-6)
+    # the range graph: float input kept, int argmax output; the file itself is unchanged
+    proto = onnx.load(str(models["salsa"]))
+    fused = fuse_outputs(proto)
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    x = rng.standard_normal((1, 5, 32, 512)).astype(np.float32)
+    ref = make_session(proto.SerializeToString()).run(None, {"range": x})[0]
+    got = make_session(fused.SerializeToString()).run(None, {"range": x})[0]
+    np.testing.assert_array_equal(got, ref.argmax(1))
+    # a graph whose output is not (N, K, H, W) logits is refused with its name
+    bad = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])]))
+    with pytest.raises(DataError, match="bad.onnx: the first output 'y' is not"):
+        fuse_outputs(bad, where="bad.onnx")
+
+
+def test_runtime_fused_paths_match_the_unfused_ones(models: dict[str, Path]) -> None:
+    from terraseg.inference.onnx_export import OrtImagePredictor
+    from terraseg.inference.range_onnx import OrtRangePredictor
+    from terraseg.inference.runtime import ImageBackend
+
+    fused = ImageBackend(OrtImagePredictor(models["img"], threads=1), scores=True)
+    plain = ImageBackend(OrtImagePredictor(models["img"], threads=1), scores=True, fuse=False)
+    with ImageSequenceSource(models["root"] / "images") as src:
+        for m in src:
+            a, b = fused.predict(m), plain.predict(m)
+            assert fused._fused is not None and plain._fused is None
+            np.testing.assert_array_equal(a.labels, b.labels)
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4, atol=1e-6)
+            assert a.labels.dtype == np.uint8 and a.scores.dtype == np.float32
+    # another size than the fixed export size: the resize path, not the fused graph
+    odd = ImageBackend(OrtImagePredictor(models["img"], threads=1))
+    with ImageSequenceSource(models["root"] / "images") as src:
+        m = next(iter(src))
+    m.image = np.ascontiguousarray(np.repeat(m.image, 2, axis=1))
+    assert odd.predict(m).labels.shape == (SIZE[0], 2 * SIZE[1]) and odd._fused is None
+
+    labels_only = OrtRangePredictor(models["salsa"], threads=1, probabilities=False)
+    full = OrtRangePredictor(models["salsa"], threads=1)
+    for i in range(3):
+        pts = _scan(10 + i, 6000)  # more points than pixels: shared pixels are voted on
+        a, b = labels_only(pts), full(pts)
+        assert a.probabilities is None and b.probabilities is not None
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.source, b.source)
+        assert (b.source == 2).any()  # SOURCE_VOTE happened
+    lidar = load_backend(models["salsa"], device="cpu", threads=1)
+    assert lidar.predict_fn.probabilities is False
+    with pytest.raises(ValueError, match="labels-only"):
+        _ = a.num_classes
+
+
 def test_cli_run_with_onnx_models(models: dict[str, Path], tmp_path: Path) -> None:
     from terraseg.inference.range_onnx import OrtRangePredictor
 

@@ -217,6 +217,31 @@ def test_simulated_dataset_opens_with_the_real_readers_and_is_deterministic(tmp_
         np.testing.assert_array_equal(decode_image(msgs[2].msg), f.image)
 
 
+def test_per_split_worlds_show_every_split_its_own_world_with_every_class(tmp_path: Path) -> None:
+    kw = dict(frames=30, seed=5, camera="tiny", lidar=None, rate_hz=1.0, progress=False,
+              splits={"train": 0.34, "val": 0.33, "test": 0.33})
+    cfg = simulate_dataset(tmp_path / "p", worlds="per-split", **kw)
+    assert cfg["worlds"] == "per-split" and cfg["splits"] == {"train": 12, "val": 9, "test": 9}
+    shared = simulate_dataset(tmp_path / "s", **kw)
+    assert shared["worlds"] == "shared"
+    counts = {}
+    for split in ("train", "val", "test"):
+        ds = GenericDataset(tmp_path / "p" / "camera", split=split)
+        counts[split] = sum(np.bincount(f.image_labels.ravel(), minlength=20) for f in ds)
+        # every split starts at the west end of its own trail: frame 0 differs between splits
+        if split != "train":
+            assert not np.array_equal(ds[0].image, GenericDataset(tmp_path / "p" / "camera", split="train")[0].image)
+    # the train drive is the same as in the shared world (same world seed, start and direction)
+    np.testing.assert_array_equal(GenericDataset(tmp_path / "p" / "camera", split="train")[3].image,
+                                  GenericDataset(tmp_path / "s" / "camera", split="train")[3].image)
+    # val and test each pass the man-made classes a world places near its trail's start
+    for split in ("val", "test"):
+        seen = {SIM.name_of(c) for c in range(1, 20) if counts[split][c] > 0}
+        assert {"building", "vehicle", "person", "pole", "fence"} <= seen, (split, sorted(seen))
+    with pytest.raises(ConfigError, match="unknown worlds option 'mixed'"):
+        simulate_dataset(tmp_path / "x", worlds="mixed", **kw)
+
+
 def test_cli_sim_end_to_end(tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(app, ["sim", "--out", str(tmp_path / "s"), "--frames", "4", "--camera", "tiny",
@@ -228,6 +253,8 @@ def test_cli_sim_end_to_end(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "unknown simulator domain 'mars-day'" in res.output
     res = runner.invoke(app, ["sim", "--out", str(tmp_path / "t"), "--camera", "8k"])
     assert res.exit_code == 1 and "unknown camera preset '8k'" in res.output
+    res = runner.invoke(app, ["sim", "--out", str(tmp_path / "t"), "--worlds", "all"])
+    assert res.exit_code == 1 and "unknown worlds option 'all'" in res.output
 
 
 def test_colour_alone_does_not_separate_the_classes(tmp_path: Path, forest) -> None:

@@ -23,6 +23,7 @@ def sim(
     rate: Annotated[float, typer.Option(help="Frame rate, Hz.")] = 10.0,
     speed: Annotated[float, typer.Option(help="Vehicle speed, m/s.")] = 4.0,
     bag: Annotated[bool, typer.Option(help="Also write one ROS 2 bag per split (image, semantic image, points).")] = False,
+    worlds: Annotated[str, typer.Option(help="shared: one world, three drives; per-split: each split driven in its own world (seeds seed, seed+1, seed+2).")] = "shared",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Simulate a vehicle driving an off-road trail and write camera + LiDAR data with labels.
@@ -40,7 +41,7 @@ def sim(
         raise TerrasegError("--split takes fractions, e.g. train=0.7,val=0.15,test=0.15")
     cfg = simulate_dataset(out, frames=frames, seed=seed, domain=domain, camera=None if camera == "none" else camera,
                            lidar=None if lidar == "none" else lidar, splits=fractions,  # type: ignore[arg-type]
-                           rate_hz=rate, speed=speed, bag=bag, progress=not quiet)
+                           rate_hz=rate, speed=speed, bag=bag, progress=not quiet, worlds=worlds)
     console.print(f"simulated {cfg['frames']} frames ({', '.join(f'{k} {v}' for k, v in cfg['splits'].items())}) "
                   f"of {cfg['domain']} into {out}", highlight=False)
     if cfg["camera"]:

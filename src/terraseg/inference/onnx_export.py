@@ -476,6 +476,7 @@ class OrtImagePredictor(BaseImagePredictor):
         import onnxruntime as ort
 
         self.path = Path(path)
+        self.threads = threads
         if not self.path.is_file():
             raise DataError(f"{self.path}: ONNX file not found")
         available = ort.get_available_providers()

@@ -153,16 +153,9 @@ def _export_proto(net: nn.Module, x: Tensor, opset: int) -> Any:
 
 
 def _session(model: bytes | str | os.PathLike[str], threads: int | None, providers: list[str] | None) -> Any:
-    import onnxruntime as ort
+    from terraseg.inference.onnx_fuse import make_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads is not None:
-        if int(threads) != threads or threads < 1:
-            raise ConfigError(f"threads must be a positive integer or None, got {threads}")
-        opts.intra_op_num_threads = int(threads)
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    return make_session(model, threads, providers)
 
 
 def _run_session(session: Any, x: np.ndarray) -> np.ndarray:
@@ -313,6 +306,8 @@ class OrtRangeNetwork(nn.Module):
         super().__init__()
         self.path = Path(path)
         self.session = _open_session(self.path, threads, providers)
+        self._threads, self._providers = threads, providers
+        self._labels_session: Any = None
         self.metadata = _read_metadata(self.session, self.path)
         try:
             self.config = SalsaNextConfig(**self.metadata["config"])
@@ -337,13 +332,33 @@ class OrtRangeNetwork(nn.Module):
         """The projection recorded at export, if any."""
         return projection_from_json(self.metadata.get("projection"), str(self.path))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _array(self, x: Tensor) -> np.ndarray:
         h, w = self.size
         if tuple(x.shape) != (1, self.in_channels, h, w):
             raise DataError(f"{self.path}: the ONNX network takes (1, {self.in_channels}, {h}, {w}) inputs, "
                             f"got {tuple(x.shape)}")
-        a = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(_run_session(self.session, a))
+        return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.from_numpy(_run_session(self.session, self._array(x)))
+
+    def labels(self, x: Tensor) -> np.ndarray:
+        """Class ids (H, W) of one normalised input, the argmax computed inside the graph.
+
+        A second session on the graph with an argmax output
+        (:func:`~terraseg.inference.onnx_fuse.fuse_outputs`), made on the first call: the
+        logits never leave ONNX Runtime. The ids equal ``forward(x).argmax(1)``.
+        """
+        from terraseg.inference.onnx_fuse import LABELS_OUTPUT, fused_session
+
+        if self._labels_session is None:
+            self._labels_session = fused_session(self.path, num_classes=self.num_classes, threads=self._threads,
+                                                 providers=self._providers)
+        try:
+            out = self._labels_session.run([LABELS_OUTPUT], {INPUT_NAME: self._array(x)})[0]
+        except Exception as exc:  # ORT raises its own exception types
+            raise DataError(f"{self.path}: ONNX Runtime failed: {exc}") from exc
+        return np.asarray(out[0])
 
 
 class OrtRangePredictor(RangePredictor):
@@ -363,11 +378,13 @@ class OrtRangePredictor(RangePredictor):
         knn: kNN post-processing settings.
         fill: label of points without a return.
         source: name used in error messages.
+        probabilities: compute per-point class probabilities; False gives labels only, the
+            argmax taken inside the ONNX graph (faster; ``ScanPrediction.probabilities`` is None).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, projection: Projection | None = None,
                  threads: int | None = None, providers: list[str] | None = None, knn: KNNPost | None = None,
-                 fill: int = 0, source: str = "points") -> None:
+                 fill: int = 0, source: str = "points", probabilities: bool = True) -> None:
         network = OrtRangeNetwork(path, threads=threads, providers=providers)
         proj = projection if projection is not None else network.projection
         if proj is None:
@@ -378,7 +395,7 @@ class OrtRangePredictor(RangePredictor):
         # RangePredictor only calls the network and reads its config: the ONNX network stands in
         # for the SalsaNext it was exported from.
         super().__init__(model=cast(SalsaNext, network), projection=proj, post=knn if knn is not None else KNNPost(),
-                         fill=fill, device="cpu", channels_last=False, source=source)
+                         fill=fill, device="cpu", channels_last=False, source=source, probabilities=probabilities)
         self.network = network
 
     def predict(self, points: np.ndarray) -> ScanPrediction:

@@ -13,8 +13,12 @@ of one generated world and writes::
                                          the standard SemanticKITTI split sequences)
     out/bags/<split>/                    optional ROS 2 bags (``bag=True``)
 
-As in reference 001's CARLA recordings, each split is its own drive: train forward from the west
-end of the trail, val a shorter drive further along, test the trail driven in reverse.
+As in reference 001's CARLA recordings, each split is its own drive. With ``worlds="shared"`` (the
+default) all drives are in one world: train forward from the west end of the trail, val a shorter
+drive further along, test the trail driven in reverse. With ``worlds="per-split"`` every split is
+driven forward from the west end of its own world (seeds ``seed``, ``seed + 1``, ``seed + 2`` for
+train, val, test), so no object or patch of ground is seen in two splits and every split passes
+the instances of every class that each world places near its trail's start.
 Read them back with ``GenericDataset(out / "camera", split="train")`` and
 ``SemanticKITTIDataset(out / "lidar", split="train", ontology="sim")``. Identical arguments give
 byte-identical files.
@@ -86,18 +90,22 @@ def resolve_rig(camera: str | CameraConfig | None = "vga", lidar: str | LidarCon
 def simulate_dataset(out: str | os.PathLike[str], frames: int = 100, seed: int = 0, domain: str = "forest-day",
                      camera: str | CameraConfig | None = "vga", lidar: str | LidarConfig | None = "os1-64-1024",
                      splits: dict[str, float] | None = None, rate_hz: float = 10.0, speed: float = 4.0,
-                     bag: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Simulate and write a dataset (see the module docstring). Returns the resolved configuration."""
+                     bag: bool = False, progress: bool = True, worlds: str = "shared") -> dict[str, Any]:
+    """Simulate and write a dataset (see the module docstring). Returns the resolved configuration.
+
+    Args:
+        worlds: ``"shared"`` (one world, three drives) or ``"per-split"`` (one world per split).
+    """
     out_dir = Path(out)
+    if worlds not in ("shared", "per-split"):
+        raise ConfigError(f"unknown worlds option {worlds!r} (expected shared or per-split)")
     dom = get_domain(domain)
     rig = resolve_rig(camera, lidar)
     counts = split_counts(frames, splits)
-    world = generate_world(seed, dom.terrain)
-    total_s = float(world.trail_s[-1])
-    # where each split's drive starts along the trail (m), and its direction
-    drives = {"train": (2.0, False), "val": (min(0.55 * total_s, total_s - 40), False), "test": (2.0, True)}
+    shared = generate_world(seed, dom.terrain) if worlds == "shared" else None
     config: dict[str, Any] = {
-        "seed": seed, "domain": dom.name, "frames": frames, "splits": counts, "rate_hz": rate_hz, "speed": speed,
+        "seed": seed, "domain": dom.name, "frames": frames, "splits": counts, "worlds": worlds,
+        "rate_hz": rate_hz, "speed": speed,
         "camera": None if rig.camera is None else asdict(rig.camera),
         "lidar": None if rig.lidar is None else asdict(rig.lidar),
         "sequences": {s: SPLIT_SEQUENCES[s] for s in counts}, "ontology": "sim", "bag": bag,
@@ -112,7 +120,7 @@ def simulate_dataset(out: str | os.PathLike[str], frames: int = 100, seed: int =
         cam_writer = GenericWriter(out_dir / "camera", ontology="sim", calib=rig.calibration())
     with ProgressBar(frames, f"simulating {dom.name}", enabled=progress) as bar:
         for split_index, (split, n) in enumerate(counts.items()):
-            start, reverse = drives[split]
+            world, start, reverse = _drive(shared, split, seed, dom.terrain)
             poses, times = trail_poses(world, n, rate_hz=rate_hz, speed=speed, start=start, reverse=reverse,
                                        seed=seed * 7919 + split_index)
             seq_dir = out_dir / "lidar" / "sequences" / SPLIT_SEQUENCES[split]
@@ -145,6 +153,15 @@ def simulate_dataset(out: str | os.PathLike[str], frames: int = 100, seed: int =
     if cam_writer is not None:
         cam_writer.close()
     return config
+
+
+def _drive(shared: Any, split: str, seed: int, terrain: str) -> tuple[Any, float, bool]:
+    """The world a split is driven in, where the drive starts along its trail (m) and its direction."""
+    if shared is None:
+        return generate_world(seed + list(SPLIT_SEQUENCES).index(split), terrain), 2.0, False
+    total_s = float(shared.trail_s[-1])
+    starts = {"train": (2.0, False), "val": (min(0.55 * total_s, total_s - 40), False), "test": (2.0, True)}
+    return (shared, *starts[split])
 
 
 def _frame_seed(seed: int, split_index: int, i: int) -> int:

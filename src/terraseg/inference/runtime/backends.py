@@ -6,10 +6,13 @@
   :class:`~terraseg.inference.onnx_export.OrtImagePredictor` (ONNX Runtime). The predictor's
   normalisation, base size, windows and TTA apply unchanged; with one view and whole-image
   inference at the image's own size the class ids are the argmax of the logits (the same ids
-  as the predictor's, without the softmax over every pixel).
+  as the predictor's, without the softmax over every pixel). For an ONNX model in that case
+  (and ``fuse=True``, the default) normalisation and argmax run inside the graph
+  (:mod:`terraseg.inference.onnx_fuse`): the uint8 image goes in, uint8 ids come out.
 - LiDAR: :class:`ScanBackend` around ``predict(points) -> ScanPrediction``: a terraseg
   checkpoint through :func:`terraseg.inference.scans.scan_predictor` (RandLA-Net or a range
-  network on PyTorch) or an :class:`~terraseg.inference.range_onnx.OrtRangePredictor`.
+  network on PyTorch) or an :class:`~terraseg.inference.range_onnx.OrtRangePredictor` (labels
+  only, the argmax inside the graph, unless scores are asked for).
 
 :func:`load_backend` picks one from a model file: ``.onnx`` runs on ONNX Runtime, anything
 else is read as a terraseg checkpoint. Batch size is 1. Timings (milliseconds) go into
@@ -101,8 +104,10 @@ class ImageBackend(Backend):
     kind: StreamKind = "camera"
 
     def __init__(self, predictor: BaseImagePredictor, *, name: str | None = None, scores: bool = False,
-                 model_path: str | os.PathLike[str] | None = None) -> None:
+                 model_path: str | os.PathLike[str] | None = None, fuse: bool = True) -> None:
         self.predictor = predictor
+        self.fuse = bool(fuse)
+        self._fused: Any = None
         self.model_path = Path(model_path) if model_path is not None else getattr(predictor, "path", None)
         self.ontology = _require_ontology(predictor.ontology, self.model_path or type(predictor).__name__)
         self.scores = bool(scores)
@@ -110,7 +115,8 @@ class ImageBackend(Backend):
         if name is None:
             session = getattr(predictor, "session", None)
             if session is not None:
-                name = "onnxruntime:" + session.get_providers()[0].replace("ExecutionProvider", "")
+                name = ("onnxruntime:" + session.get_providers()[0].replace("ExecutionProvider", "")
+                        + ("" if self.fuse else " (unfused)"))
             else:
                 name = f"pytorch:{predictor.device}" + ("+amp" if getattr(predictor, "amp", False) else "")
         self.name = name
@@ -121,11 +127,49 @@ class ImageBackend(Backend):
         return (p.window.mode == "whole" and p.tta.views == [(1.0, False)]
                 and (p.base_size is None or tuple(p.base_size) == hw))
 
+    def _fused_session(self, hw: tuple[int, int]) -> Any:
+        """The ONNX Runtime session with in-graph normalisation and argmax, when it applies to an
+        ``hw`` image (an ONNX model, one whole-image view at the model's own size, batch 1)."""
+        from terraseg.inference.onnx_export import OrtImagePredictor
+
+        p = self.predictor
+        if not (self.fuse and isinstance(p, OrtImagePredictor) and self._fast(hw)
+                and p.fixed_size in (None, hw) and p.fixed_batch in (None, 1)):
+            return None
+        if self._fused is None:
+            from terraseg.inference.onnx_fuse import fused_session
+
+            self._fused = fused_session(p.path, uint8_input=(p.norm.mean, p.norm.std), confidence=self.scores,
+                                        num_classes=p.num_classes, threads=p.threads,
+                                        providers=p.session.get_providers())
+        return self._fused
+
+    def _predict_fused(self, session: Any, message: SensorMessage, img: np.ndarray) -> Prediction:
+        from terraseg.inference.onnx_fuse import UINT8_INPUT
+
+        t0 = time.perf_counter()
+        x = np.ascontiguousarray(img)[None]
+        t1 = time.perf_counter()
+        try:
+            outs = session.run(None, {UINT8_INPUT: x})
+        except Exception as exc:  # ORT raises its own exception types
+            raise DataError(f"{self.model_path or self.name}: ONNX Runtime failed on {message.topic} message "
+                            f"{message.seq}: {exc}") from exc
+        t2 = time.perf_counter()
+        ids = outs[0][0].astype(self.label_dtype, copy=False)
+        scores = np.asarray(outs[1][0], np.float32) if self.scores else None
+        t3 = time.perf_counter()
+        timings = {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+        return Prediction(message, ids, self.ontology.name, timings, scores, ontology_def=self.ontology)
+
     def predict(self, message: SensorMessage) -> Prediction:
         self.check(message)
         p = self.predictor
         img = _check_image(message.image, f"{message.topic} message {message.seq}")  # type: ignore[arg-type]
         h, w = img.shape[:2]
+        session = self._fused_session((h, w))
+        if session is not None:
+            return self._predict_fused(session, message, img)
         dev = p.device
         scores = None
         with torch.inference_mode():
@@ -205,7 +249,12 @@ class ScanBackend(Backend):
         pred = self.predict_fn(pts)
         t2 = time.perf_counter()
         labels = np.asarray(pred.labels).astype(self.ontology.label_dtype)
-        scores = pred.probabilities.max(axis=1).astype(np.float32) if self.scores else None
+        scores = None
+        if self.scores:
+            if pred.probabilities is None:
+                raise ConfigError(f"{self.model_path or self.name}: scores were asked for but the predictor "
+                                  "returns labels only")
+            scores = pred.probabilities.max(axis=1).astype(np.float32)
         t3 = time.perf_counter()
         tm = dict(getattr(pred, "timings", {}) or {})
         pre, net, post = tm.get("preprocess"), tm.get("network"), tm.get("postprocess")
@@ -255,7 +304,7 @@ def model_kind(path: str | os.PathLike[str], *, trusted: bool = False) -> Stream
 def load_backend(path: str | os.PathLike[str], kind: StreamKind | None = None, *, device: str | None = None,
                  amp: bool = False,
                  threads: int | None = None, projection: str | None = None, tta: Any = None, window: Any = None,
-                 scores: bool = False, trusted: bool = False) -> Backend:
+                 scores: bool = False, trusted: bool = False, fuse: bool = True) -> Backend:
     """A backend for a model file: ``.onnx`` on ONNX Runtime, else a terraseg checkpoint on PyTorch.
 
     Args:
@@ -272,6 +321,9 @@ def load_backend(path: str | os.PathLike[str], kind: StreamKind | None = None, *
             :class:`~terraseg.inference.image.ImagePredictor`); the default is one whole-image view.
         scores: also return the confidence of each label.
         trusted: allow loading checkpoints with arbitrary pickled objects.
+        fuse: ONNX models: normalisation (camera) and argmax inside the graph (see
+            :mod:`terraseg.inference.onnx_fuse`); False runs the exported graph as it is, with
+            PyTorch around it (the same ids, slower).
 
     Raises:
         DataError: a missing or unreadable model file.
@@ -298,7 +350,7 @@ def load_backend(path: str | os.PathLike[str], kind: StreamKind | None = None, *
 
             ort_pred = OrtImagePredictor(p, providers=_ort_providers(device), threads=threads, tta=tta, window=window,
                                          batch_size=1)
-            return ImageBackend(ort_pred, scores=scores, model_path=p)
+            return ImageBackend(ort_pred, scores=scores, model_path=p, fuse=fuse)
         from terraseg.inference.image import ImagePredictor
         from terraseg.inference.models import POINT_ARCHS
         from terraseg.models.surgery import read_checkpoint
@@ -318,10 +370,10 @@ def load_backend(path: str | os.PathLike[str], kind: StreamKind | None = None, *
             raise ConfigError(f"threads must be at least 1, got {threads}")
         proj = _projection(projection) if projection is not None else None
         ort_range = OrtRangePredictor(p, projection=proj, threads=threads, providers=_ort_providers(device),
-                                      source=str(p))
+                                      source=str(p), probabilities=scores or not fuse)
         provider = ort_range.network.session.get_providers()[0].replace("ExecutionProvider", "")
-        return ScanBackend(ort_range, ort_range.network.ontology, name=f"onnxruntime:{provider}", scores=scores,
-                           model_path=p)
+        return ScanBackend(ort_range, ort_range.network.ontology, scores=scores, model_path=p,
+                           name=f"onnxruntime:{provider}" + ("" if fuse else " (unfused)"))
     from terraseg.inference.models import load_model
     from terraseg.inference.scans import scan_predictor
 

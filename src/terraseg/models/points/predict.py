@@ -45,7 +45,7 @@ class ScanPrediction:
     Attributes:
         labels: (N,) int64 labels in ``[0, C)`` (``fill`` for points without a return).
         probabilities: (N, C) float32 class probabilities (softmax); rows of points without a
-            return are 0.
+            return are 0. None for a labels-only prediction (``RangePredictor(probabilities=False)``).
         source: (N,) uint8 where each label came from (``SOURCE_*`` of
             :mod:`terraseg.models.points.range_post`).
         timings: wall-clock seconds of ``"preprocess"`` (projection or neighbour hierarchy),
@@ -55,7 +55,7 @@ class ScanPrediction:
     """
 
     labels: np.ndarray
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None
     source: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     crops: int = 1
@@ -67,6 +67,8 @@ class ScanPrediction:
 
     @property
     def num_classes(self) -> int:
+        if self.probabilities is None:
+            raise ValueError("a labels-only ScanPrediction does not know the number of classes")
         return int(self.probabilities.shape[1])
 
 
@@ -187,6 +189,9 @@ class RangePredictor:
             the CPU with oneDNN; the model's weights are converted in place on the first call,
             their values are unchanged).
         source: name used in error messages.
+        probabilities: compute per-point class probabilities. False: labels only (no softmax,
+            no (N, C) array; ``ScanPrediction.probabilities`` is None); networks with a
+            ``labels(x) -> (H, W)`` method (the ONNX Runtime one) take the argmax themselves.
     """
 
     model: SalsaNext
@@ -196,6 +201,7 @@ class RangePredictor:
     device: torch.device | str | None = None
     channels_last: bool = True
     source: str = "points"
+    probabilities: bool = True
 
     def project(self, points: np.ndarray) -> RangeImage:
         """The range image of a scan ((N, C>=3) float points)."""
@@ -205,8 +211,8 @@ class RangePredictor:
                                   source=self.source)
         return project_scan(points, p, source=self.source)
 
-    def predict_image(self, image: RangeImage) -> tuple[np.ndarray, np.ndarray]:
-        """Network prediction of a range image: (labels (H, W) int64, probabilities (H, W, C) float32)."""
+    def _input(self, image: RangeImage) -> torch.Tensor:
+        """The network input (1, C, H, W) of a range image, on the device and in the memory format."""
         cfg = self.model.config
         x = torch.from_numpy(range_input(image, cfg.means, cfg.stds, cfg.in_channels, self.source))[None]
         device = _model_device(self.model, self.device)
@@ -216,6 +222,11 @@ class RangePredictor:
             if not all(p.is_contiguous(memory_format=fmt) for p in self.model.parameters() if p.dim() == 4):
                 self.model.to(memory_format=fmt)
             x = x.contiguous(memory_format=fmt)
+        return x
+
+    def predict_image(self, image: RangeImage) -> tuple[np.ndarray, np.ndarray]:
+        """Network prediction of a range image: (labels (H, W) int64, probabilities (H, W, C) float32)."""
+        x = self._input(image)
         with _EvalMode(self.model), torch.inference_mode():
             logits = self.model(x)[0]
             # softmax over the last axis of a channels-last copy, labels from its max: ~2x faster on
@@ -223,15 +234,31 @@ class RangePredictor:
             prob_t = torch.softmax(logits.float().permute(1, 2, 0).contiguous(), dim=-1)
             labels = prob_t.max(dim=-1).indices.cpu().numpy()
             prob = prob_t.cpu().numpy()
-        _sync(device)
+        _sync(x.device)
         return labels, prob
+
+    def predict_labels(self, image: RangeImage) -> np.ndarray:
+        """Network class ids (H, W) of a range image, without probabilities (the ids of
+        :meth:`predict_image`)."""
+        x = self._input(image)
+        fused = getattr(self.model, "labels", None)
+        if callable(fused):
+            return np.asarray(fused(x)).astype(np.int64, copy=False)
+        with _EvalMode(self.model), torch.inference_mode():
+            logits = self.model(x)[0]
+            labels = logits.float().permute(1, 2, 0).contiguous().max(dim=-1).indices.cpu().numpy()
+        _sync(x.device)
+        return labels
 
     def __call__(self, points: np.ndarray) -> ScanPrediction:
         t0 = time.perf_counter()
         arr, valid = _points(points, self.source)
         image = self.project(arr)
         t1 = time.perf_counter()
-        pixel_labels, pixel_probs = self.predict_image(image)
+        if self.probabilities:
+            pixel_labels, pixel_probs = self.predict_image(image)
+        else:
+            pixel_labels, pixel_probs = self.predict_labels(image), None
         t2 = time.perf_counter()
         labels, probs, source = points_from_pixels(image, pixel_labels, pixel_probs, arr[:, :3], valid, self.post,
                                                    self.fill)

@@ -164,37 +164,44 @@ def range_window_candidates(image: RangeImage, query: np.ndarray, query_range: n
     return lin, ok
 
 
-def points_from_pixels(image: RangeImage, pixel_labels: np.ndarray, pixel_probs: np.ndarray, xyz: np.ndarray,
-                       valid: np.ndarray, post: KNNPost = KNNPost(), fill: int = 0
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def points_from_pixels(image: RangeImage, pixel_labels: np.ndarray, pixel_probs: np.ndarray | None,
+                       xyz: np.ndarray, valid: np.ndarray, post: KNNPost = KNNPost(), fill: int = 0
+                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Labels and probabilities for every point of a scan from per-pixel predictions.
 
     Args:
         image: the range image the predictions belong to (N points, H x W pixels).
         pixel_labels: (H, W) integer labels in ``[0, C)``.
-        pixel_probs: (H, W, C) float class probabilities.
+        pixel_probs: (H, W, C) float class probabilities, or None for labels only (the
+            returned probabilities are then None; votes count labels either way).
         xyz: (N, 3) float point coordinates in metres (sensor frame).
         valid: (N,) bool, points with a return (finite, non-zero); the others get ``fill``.
         post: kNN settings.
         fill: label of points without a return.
 
     Returns:
-        ``(labels (N,) int64, probabilities (N, C) float32, source (N,) uint8)``, with source
+        ``(labels (N,) int64, probabilities (N, C) float32 or None, source (N,) uint8)``, with source
         one of :data:`SOURCE_NONE`, :data:`SOURCE_NETWORK`, :data:`SOURCE_VOTE`,
         :data:`SOURCE_FALLBACK`.
     """
     n = image.num_points
     h, w = image.shape
-    if pixel_labels.shape != (h, w) or pixel_probs.shape[:2] != (h, w) or pixel_probs.ndim != 3:
-        raise DataError(f"points_from_pixels: predictions {pixel_labels.shape} / {pixel_probs.shape} do not match "
+    probs_shape = None if pixel_probs is None else pixel_probs.shape
+    if pixel_labels.shape != (h, w) or (pixel_probs is not None and (pixel_probs.ndim != 3
+                                                                     or pixel_probs.shape[:2] != (h, w))):
+        raise DataError(f"points_from_pixels: predictions {pixel_labels.shape} / {probs_shape} do not match "
                         f"the {h} x {w} range image")
     if len(xyz) != n or len(valid) != n:
         raise DataError(f"points_from_pixels: {len(xyz)} coordinates and {len(valid)} flags for {n} points")
-    c = pixel_probs.shape[2]
-    flat_lab = pixel_labels.ravel().astype(np.int64)
-    flat_prob = np.ascontiguousarray(pixel_probs.reshape(h * w, c), dtype=np.float32)
+    flat_lab = pixel_labels.ravel().astype(np.int64, copy=False)
+    if pixel_probs is not None:
+        c = pixel_probs.shape[2]
+        flat_prob = np.ascontiguousarray(pixel_probs.reshape(h * w, c), dtype=np.float32)
+        probs: np.ndarray | None = np.zeros((n, c), dtype=np.float32)
+    else:
+        c = int(flat_lab.max()) + 1 if flat_lab.size else 1  # votes only need the ids that occur
+        flat_prob, probs = None, None
     labels = np.full(n, fill, dtype=np.int64)
-    probs = np.zeros((n, c), dtype=np.float32)
     source = np.zeros(n, dtype=np.uint8)
 
     has_px = image.has_pixel & valid
@@ -202,7 +209,8 @@ def points_from_pixels(image: RangeImage, pixel_labels: np.ndarray, pixel_probs:
     owner = has_px & (image.index.ravel()[lin] == np.arange(n))
     own = np.flatnonzero(owner)
     labels[own] = flat_lab[lin[own]]
-    probs[own] = flat_prob[lin[own]]
+    if probs is not None:
+        probs[own] = flat_prob[lin[own]]
     source[own] = SOURCE_NETWORK
     if len(own) == 0:
         return labels, probs, source  # an empty image: nothing to vote from
@@ -224,13 +232,15 @@ def points_from_pixels(image: RangeImage, pixel_labels: np.ndarray, pixel_probs:
         win, has = _vote(np.where(ok, flat_lab[cand_pixels], 0), ok, c)
         voted = q[has]
         labels[voted] = win[has]
-        probs[voted] = _mean_probs(flat_prob, cand_pixels[has], ok[has])
+        if probs is not None:
+            probs[voted] = _mean_probs(flat_prob, cand_pixels[has], ok[has])
         source[voted] = SOURCE_VOTE
         return q[~has]
 
     def fall_back(q: np.ndarray, pixels: np.ndarray) -> None:
         labels[q] = flat_lab[pixels]
-        probs[q] = flat_prob[pixels]
+        if probs is not None:
+            probs[q] = flat_prob[pixels]
         source[q] = SOURCE_FALLBACK
 
     if len(sharers):
