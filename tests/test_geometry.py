@@ -498,6 +498,50 @@ def test_from_organized_layouts_and_flips() -> None:
         from_organized(row_major[:100], 8, 256, source="scan.bin")
 
 
+def test_from_organized_equals_a_point_by_point_fill_and_streams_decide_the_layout_once() -> None:
+    from terraseg.geometry.range_image import organized_layout
+    from terraseg.models.points import OrganizedLayout, RangePredictor, build_point_model
+
+    rng = np.random.default_rng(7)
+    h, w = 6, 40
+    pts = (rng.normal(size=(h * w, 4)) * 10).astype(np.float32)
+    pts[::5] = 0.0
+    pts[7, 1] = np.nan
+    for layout in ("row-major", "column-major"):
+        for flip in (False, True):
+            img = from_organized(pts, h, w, layout=layout, flip_rows=flip)
+            # reference: walk the points one by one
+            index = np.full((h, w), -1)
+            xyz = np.zeros((h, w, 3), np.float32)
+            inten = np.zeros((h, w), np.float32)
+            for i, p in enumerate(pts):
+                r, c = (i // w, i % w) if layout == "row-major" else (i % h, i // h)
+                r = h - 1 - r if flip else r
+                d = float(np.sqrt(np.sum(p[:3].astype(np.float64) ** 2)))
+                if np.isfinite(d) and d > 1e-3:
+                    index[r, c], xyz[r, c], inten[r, c] = i, p[:3], p[3]
+                    assert (img.point_row[i], img.point_col[i]) == (r, c)
+                else:
+                    assert img.point_row[i] == img.point_col[i] == -1
+            np.testing.assert_array_equal(img.index, index)
+            np.testing.assert_array_equal(img.mask, index >= 0)
+            np.testing.assert_array_equal(img.xyz, xyz)
+            np.testing.assert_array_equal(img.intensity, inten)
+            np.testing.assert_allclose(img.range, np.linalg.norm(xyz.astype(np.float64), axis=-1), rtol=1e-6)
+            assert img.range.dtype == img.xyz.dtype == np.float32
+    # "auto" is decided from the scan; a predictor decides it on its first scan and reuses it
+    org = make_organized(8, 256, ELEV8, OFF8)
+    col_major = org[::-1].transpose(1, 0, 2).reshape(-1, 4)
+    assert organized_layout(col_major, 8, 256) == ("column-major", True)
+    assert organized_layout(col_major, 8, 256, "row-major", False) == ("row-major", False)
+    net = build_point_model("salsanext", 20, preset="tiny")
+    pred = RangePredictor(net, projection=OrganizedLayout(8, 256), probabilities=False)
+    first = pred.project(col_major)
+    assert pred._layouts == {OrganizedLayout(8, 256): ("column-major", True)}
+    np.testing.assert_array_equal(first.xyz, from_organized(col_major, 8, 256).xyz)
+    assert pred(col_major).labels.shape == (8 * 256,)
+
+
 def test_fit_projection_reproduces_organised_layout() -> None:
     org = make_organized(8, 256, ELEV8, OFF8, seed=1).reshape(-1, 4)
     ref = from_organized(org, 8, 256)

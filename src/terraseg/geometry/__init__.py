@@ -32,6 +32,7 @@ from terraseg.geometry.range_image import (
     RangeProjection,
     fit_projection,
     from_organized,
+    organized_layout,
     project_scan,
     unproject,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "distort",
     "fit_projection",
     "from_organized",
+    "organized_layout",
     "knn",
     "knn_vote",
     "labels_from_image",

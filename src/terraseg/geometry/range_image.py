@@ -380,6 +380,62 @@ def _row_spread(elev: np.ndarray, rows: np.ndarray, ok: np.ndarray, h: int) -> t
     return spread, np.where(has, mean, np.nan)
 
 
+def organized_layout(points: np.ndarray, height: int, width: int, layout: Layout = "auto",
+                     flip_rows: bool | None = None, min_range: float = 1e-3, source: str = "points"
+                     ) -> tuple[Layout, bool]:
+    """The concrete ``(layout, flip_rows)`` that :func:`from_organized` uses for a scan.
+
+    ``"auto"`` and ``None`` are decided from the scan (see :func:`from_organized`); a stream of
+    scans from one sensor can decide once and pass the result for every later scan, which
+    then skips the elevation statistics.
+    """
+    if int(height) != height or int(width) != width or height < 1 or width < 1:
+        raise DataError(f"{source}: height and width must be positive integers, got {height}x{width}")
+    if layout not in ("auto", "row-major", "column-major"):
+        raise DataError(f"{source}: layout must be auto, row-major or column-major, got {layout!r}")
+    if layout != "auto" and flip_rows is not None:
+        return layout, bool(flip_rows)
+    xyz, _ = _split_points(points, source)
+    n = len(xyz)
+    if n != height * width:
+        raise DataError(f"{source}: {n} points is not an organised {height} x {width} scan ({height * width} points)")
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(xyz).all(axis=1) & (np.einsum("ij,ij->i", xyz, xyz) > min_range * min_range)
+    elev = np.degrees(np.arctan2(xyz[:, 2], np.hypot(xyz[:, 0], xyz[:, 1])))
+    if layout == "auto":
+        spreads = {k: _row_spread(elev, _organized_grid(height, width, k, False)[1], ok, height)[0]
+                   for k in ("row-major", "column-major")}
+        layout = min(spreads, key=lambda k: spreads[k])  # type: ignore[assignment]
+    if flip_rows is None:
+        _, means = _row_spread(elev, _organized_grid(height, width, layout, False)[1], ok, height)
+        has = np.isfinite(means)
+        flip_rows = bool(has.sum() >= 2 and np.polyfit(np.flatnonzero(has), means[has], 1)[0] > 0)
+    return layout, bool(flip_rows)
+
+
+_GRIDS: dict[tuple[int, int, str, bool], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _organized_grid(h: int, w: int, layout: str, flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pixel -> point index (H*W,), point -> row (N,), point -> column (N,)) of an organised
+    layout; cached and read-only."""
+    key = (int(h), int(w), layout, bool(flip))
+    grid = _GRIDS.get(key)
+    if grid is None:
+        i = np.arange(h * w, dtype=np.int64)
+        row, col = (i // w, i % w) if layout == "row-major" else (i % h, i // h)
+        if flip:
+            row = h - 1 - row
+        pix = np.empty(h * w, dtype=np.int64)
+        pix[row * w + col] = i
+        for a in (pix, row, col):
+            a.flags.writeable = False
+        if len(_GRIDS) > 16:
+            _GRIDS.clear()
+        grid = _GRIDS[key] = (pix, row, col)
+    return grid
+
+
 def from_organized(points: np.ndarray, height: int, width: int, layout: Layout = "auto",
                    flip_rows: bool | None = None, min_range: float = 1e-3, source: str = "points") -> RangeImage:
     """Range image of an organised scan (stored in sensor order, zero points for no return).
@@ -398,34 +454,28 @@ def from_organized(points: np.ndarray, height: int, width: int, layout: Layout =
 
     Returns:
         A :class:`RangeImage` (``config`` None) in which pixel (r, c) holds the sensor's point.
+        Every pixel is filled by gathering through a cached pixel -> point table (each point
+        owns exactly one pixel), so a stream that passes the concrete ``layout`` and
+        ``flip_rows`` (:func:`organized_layout`) pays a few milliseconds per 131k-point scan.
     """
-    if int(height) != height or int(width) != width or height < 1 or width < 1:
-        raise DataError(f"{source}: height and width must be positive integers, got {height}x{width}")
-    if layout not in ("auto", "row-major", "column-major"):
-        raise DataError(f"{source}: layout must be auto, row-major or column-major, got {layout!r}")
+    layout, flip = organized_layout(points, height, width, layout, flip_rows, min_range, source)
     xyz, inten = _split_points(points, source)
     n = len(xyz)
     if n != height * width:
         raise DataError(f"{source}: {n} points is not an organised {height} x {width} scan ({height * width} points)")
+    pix, row, col = _organized_grid(height, width, layout, flip)
     with np.errstate(invalid="ignore"):
         rng = np.sqrt(np.einsum("ij,ij->i", xyz, xyz))
         ok = np.isfinite(rng) & (rng > min_range)
-    elev = np.degrees(np.arctan2(xyz[:, 2], np.hypot(xyz[:, 0], xyz[:, 1])))
-    i = np.arange(n, dtype=np.int64)
-    cands = {"row-major": (i // width, i % width), "column-major": (i % height, i // height)}
-    if layout == "auto":
-        spreads = {k: _row_spread(elev, r, ok, height)[0] for k, (r, _) in cands.items()}
-        layout = min(spreads, key=lambda k: spreads[k])  # type: ignore[assignment]
-    row, col = cands[layout]
-    if flip_rows is None:
-        _, means = _row_spread(elev, row, ok, height)
-        has = np.isfinite(means)
-        flip_rows = bool(has.sum() >= 2 and np.polyfit(np.flatnonzero(has), means[has], 1)[0] > 0)
-    if flip_rows:
-        row = height - 1 - row
-    row = np.where(ok, row, -1)
-    col = np.where(ok, col, -1)
-    return _assemble(xyz, rng, inten, row, col, np.flatnonzero(ok), (height, width), None)
+    ok_px = ok[pix]
+    index = np.where(ok_px, pix, -1)
+    rimg = np.where(ok_px, rng[pix], 0.0).astype(np.float32)
+    # float32 before the gather (the values stored are the same) and np.take: ~4x faster than xyz[pix]
+    ximg = np.where(ok_px[:, None], np.take(xyz.astype(np.float32), pix, axis=0), np.float32(0))
+    iimg = None if inten is None else np.where(ok_px, inten[pix], np.float32(0)).reshape(height, width)
+    return RangeImage(range=rimg.reshape(height, width), xyz=ximg.reshape(height, width, 3), intensity=iimg,
+                      mask=ok_px.reshape(height, width), index=index.reshape(height, width),
+                      point_row=np.where(ok, row, -1), point_col=np.where(ok, col, -1), config=None)
 
 
 def fit_projection(organized: RangeImage, name: str = "fitted", **overrides: Any) -> RangeProjection:

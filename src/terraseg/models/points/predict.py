@@ -27,7 +27,14 @@ from torch import nn
 
 from terraseg.errors import DataError
 from terraseg.geometry.projection import as_xyz
-from terraseg.geometry.range_image import Layout, RangeImage, RangeProjection, from_organized, project_scan
+from terraseg.geometry.range_image import (
+    Layout,
+    RangeImage,
+    RangeProjection,
+    from_organized,
+    organized_layout,
+    project_scan,
+)
 from terraseg.models.points.randla_data import collate_randla, inputs_to, randla_inputs
 from terraseg.models.points.randlanet import RandLANet
 from terraseg.models.points.range_data import range_input
@@ -202,13 +209,20 @@ class RangePredictor:
     channels_last: bool = True
     source: str = "points"
     probabilities: bool = True
+    _layouts: dict[OrganizedLayout, tuple[Any, bool]] = field(default_factory=dict, init=False, repr=False,
+                                                               compare=False)
 
     def project(self, points: np.ndarray) -> RangeImage:
         """The range image of a scan ((N, C>=3) float points)."""
         p = self.projection
         if isinstance(p, OrganizedLayout):
-            return from_organized(points, p.height, p.width, layout=p.layout, min_range=DEFAULT_MIN_RANGE,
-                                  source=self.source)
+            # a stream of scans from one sensor: decide "auto" layout and row order on the first scan
+            resolved = self._layouts.get(p)
+            if resolved is None:
+                resolved = self._layouts[p] = organized_layout(points, p.height, p.width, p.layout,
+                                                               min_range=DEFAULT_MIN_RANGE, source=self.source)
+            return from_organized(points, p.height, p.width, layout=resolved[0], flip_rows=resolved[1],
+                                  min_range=DEFAULT_MIN_RANGE, source=self.source)
         return project_scan(points, p, source=self.source)
 
     def _input(self, image: RangeImage) -> torch.Tensor:
