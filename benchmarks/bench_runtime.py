@@ -49,7 +49,7 @@ Usage::
     python benchmarks/bench_runtime.py [--frames 30] [--threads 2] [--camera-size 480x640]
         [--scan-size 64x2048] [--range-preset small] [--backends onnxruntime,onnxruntime-unfused,pytorch]
         [--streams camera,lidar] [--camera-hz 15] [--lidar-hz 10] [--no-combined] [--no-write]
-        [--exporter torchscript] [--no-pin] [--json FILE]
+        [--exporter torchscript] [--ort-spin] [--no-pin] [--json FILE]
     python benchmarks/bench_runtime.py --quick      # smoke test: tiny sizes, a few frames
 """
 
@@ -290,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scan-size", type=parse_hw, default=(64, 2048), help="organised scan HxW (beams x columns)")
     p.add_argument("--range-preset", default="rt", help="SalsaNext preset: default, small, tiny, rt or rt-tiny")
     p.add_argument("--backends", default="onnxruntime,onnxruntime-unfused,pytorch")
+    p.add_argument("--ort-spin", action="store_true",
+                   help="let ONNX Runtime's idle threads spin-wait (its default; the runtime turns it off)")
     p.add_argument("--streams", default="camera,lidar")
     p.add_argument("--camera-hz", type=float, default=15.0)
     p.add_argument("--lidar-hz", type=float, default=10.0)
@@ -325,12 +327,14 @@ def main(argv: list[str] | None = None) -> int:
             for backend in args.backends:
                 fuse = backend != "onnxruntime-unfused"
                 file = models[kind]["onnxruntime" if backend == "onnxruntime-unfused" else backend]
-                b = load_backend(file, kind, device="cpu", threads=args.threads, fuse=fuse)  # type: ignore[arg-type]
+                b = load_backend(file, kind, device="cpu", threads=args.threads, fuse=fuse,  # type: ignore[arg-type]
+                                 spin=args.ort_spin)
                 for mode in ("max", "rt"):
                     rows.append(run_mode(folder / "input_bag", folder / f"out_{kind}_{backend}_{mode}", kind, b,
                                          mode, args, hz[kind]))
         if not args.no_combined and "onnxruntime" in args.backends and len(args.streams) == 2:
-            both = {k: load_backend(models[k]["onnxruntime"], k, device="cpu", threads=1) for k in args.streams}  # type: ignore[arg-type]
+            both = {k: load_backend(models[k]["onnxruntime"], k, device="cpu", threads=1,  # type: ignore[arg-type]
+                                    spin=args.ort_spin) for k in args.streams}
             rows += run_parallel(folder / "input_bag", folder / "out_both_", both, args, hz)
     print_table(rows)
     print_goals(rows, args)

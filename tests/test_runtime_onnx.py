@@ -180,6 +180,9 @@ def test_runtime_fused_paths_match_the_unfused_ones(models: dict[str, Path]) -> 
         assert (b.source == 2).any()  # SOURCE_VOTE happened
     lidar = load_backend(models["salsa"], device="cpu", threads=1)
     assert lidar.predict_fn.probabilities is False
+    # the runtime's sessions do not spin-wait (they share the cores with the reader and writer)
+    assert lidar.predict_fn.network._spin is False and load_backend(models["img"], threads=1).predictor.spin is False
+    assert load_backend(models["img"], threads=1, spin=True).predictor.spin is True
     with pytest.raises(ValueError, match="labels-only"):
         _ = a.num_classes
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -119,6 +120,32 @@ def test_schedules_by_hand() -> None:
     cos = lr_factor(ScheduleConfig(name="cosine", min_lr_ratio=0.1), 100)
     assert cos(0) == pytest.approx(1.0) and cos(50) == pytest.approx(0.55) and cos(100) == pytest.approx(0.1)
     assert lr_factor(ScheduleConfig(name="constant"), 10)(7) == 1.0
+    # horizon "time": progress is the larger of the step and time fractions
+    used = [0.0]
+    timed = lr_factor(ScheduleConfig(name="poly", power=1.0), 100, lambda: used[0])
+    assert timed(20) == pytest.approx(0.8)
+    used[0] = 0.5
+    assert timed(20) == pytest.approx(0.5) and timed(70) == pytest.approx(0.3)
+    used[0] = 1.7  # past the budget: the floor, never negative
+    assert timed(20) == pytest.approx(0.0)
+
+
+def test_time_horizon_needs_a_budget_and_reads_the_training_clock(sim_root: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning.pytorch.callbacks import Timer
+
+    from terraseg.training.engine import train
+
+    with pytest.raises(ConfigError, match="schedule.horizon: time needs trainer.max_time_s"):
+        image_recipe(sim_root, tmp_path, **{"schedule.horizon": "time"})
+    # the Timer callback says half the budget is spent at every step: the poly factor is at most 0.5
+    monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": 1800.0)
+    cfg = image_recipe(sim_root, tmp_path, **{"schedule.horizon": "time", "trainer.max_time_s": 3600,
+                                              "trainer.max_epochs": 1, "data.max_train_frames": 8})
+    res = train(cfg, progress=False)
+    rows = [r for r in csv.DictReader((res.run_dir / "metrics.csv").open()) if r.get("train/lr")]
+    lrs = [float(r["train/lr"]) for r in rows]
+    assert lrs and max(lrs) == pytest.approx(0.5 * 3e-3, rel=1e-5), lrs  # step fraction < 0.5: time rules
 
 
 # ------------------------------------------------------------------------------------- end to end

@@ -467,16 +467,18 @@ class OrtImagePredictor(BaseImagePredictor):
         base_size: override the metadata's training size (``(H, W)``); ``False`` ignores it.
         norm: override the metadata's normalisation.
         batch_windows, batch_size: windows / images per run when the batch is dynamic.
+        spin: let ONNX Runtime's idle threads spin (see :func:`~terraseg.inference.onnx_fuse.make_session`).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, providers: Sequence[str] | None = None,
                  threads: int | None = None, window: WindowConfig | str | None = None,
                  tta: TTAConfig | str | None = None, base_size: Sequence[int] | bool | None = None,
-                 norm: Normalization | None = None, batch_windows: int = 4, batch_size: int = 4) -> None:
+                 norm: Normalization | None = None, batch_windows: int = 4, batch_size: int = 4,
+                 spin: bool = True) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.threads = threads
+        self.threads, self.spin = threads, spin
         if not self.path.is_file():
             raise DataError(f"{self.path}: ONNX file not found")
         available = ort.get_available_providers()
@@ -491,6 +493,8 @@ class OrtImagePredictor(BaseImagePredictor):
             if threads < 1:
                 raise ConfigError(f"threads must be at least 1, got {threads}")
             opts.intra_op_num_threads = int(threads)
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=list(providers))
         except Exception as exc:  # ORT raises its own exception types for unreadable models

@@ -147,12 +147,15 @@ def _opset(model: Any) -> int:
 
 
 def make_session(model: bytes | str | os.PathLike[str], threads: int | None = None,
-                 providers: Sequence[str] | None = None) -> Any:
+                 providers: Sequence[str] | None = None, spin: bool = True) -> Any:
     """An ONNX Runtime session (quiet logging) on a file or serialised model.
 
     Args:
         threads: intra-op threads (None: ONNX Runtime's choice, all cores).
         providers: execution providers in order of preference (default: CPU).
+        spin: let idle intra-op threads spin-wait for work (ONNX Runtime's default). False
+            when other threads share the cores (the runtime's reader and writer): spinning
+            threads steal their time; on 2 cores it took the LiDAR p95 from 132 to 87 ms.
 
     Raises:
         ConfigError: ``threads`` is not a positive integer.
@@ -165,13 +168,15 @@ def make_session(model: bytes | str | os.PathLike[str], threads: int | None = No
         if int(threads) != threads or threads < 1:
             raise ConfigError(f"threads must be a positive integer or None, got {threads}")
         opts.intra_op_num_threads = int(threads)
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     src = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(src, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
 
 
 def fused_session(path: str | os.PathLike[str], *, uint8_input: tuple[Sequence[float], Sequence[float]] | None = None,
                   confidence: bool = False, num_classes: int | None = None, threads: int | None = None,
-                  providers: Sequence[str] | None = None) -> Any:
+                  providers: Sequence[str] | None = None, spin: bool = True) -> Any:
     """An ONNX Runtime session on the fused graph of the file ``path`` (see :func:`fuse_outputs`).
 
     Raises:
@@ -186,7 +191,7 @@ def fused_session(path: str | os.PathLike[str], *, uint8_input: tuple[Sequence[f
     fused = fuse_outputs(proto, uint8_input=uint8_input, confidence=confidence, num_classes=num_classes,
                          where=str(path))
     try:
-        return make_session(fused.SerializeToString(), threads, providers)
+        return make_session(fused.SerializeToString(), threads, providers, spin)
     except ConfigError:
         raise
     except Exception as exc:  # ORT raises its own exception types

@@ -152,10 +152,11 @@ def _export_proto(net: nn.Module, x: Tensor, opset: int) -> Any:
     return onnx.load_from_string(buf.getvalue())
 
 
-def _session(model: bytes | str | os.PathLike[str], threads: int | None, providers: list[str] | None) -> Any:
+def _session(model: bytes | str | os.PathLike[str], threads: int | None, providers: list[str] | None,
+             spin: bool = True) -> Any:
     from terraseg.inference.onnx_fuse import make_session
 
-    return make_session(model, threads, providers)
+    return make_session(model, threads, providers, spin)
 
 
 def _run_session(session: Any, x: np.ndarray) -> np.ndarray:
@@ -260,11 +261,11 @@ def read_range_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _read_metadata(_open_session(Path(path), None, None), Path(path))
 
 
-def _open_session(path: Path, threads: int | None, providers: list[str] | None) -> Any:
+def _open_session(path: Path, threads: int | None, providers: list[str] | None, spin: bool = True) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: ONNX file not found")
     try:
-        return _session(path, threads, providers)
+        return _session(path, threads, providers, spin)
     except ConfigError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
@@ -302,11 +303,11 @@ class OrtRangeNetwork(nn.Module):
     arch = "salsanext"
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, spin: bool = True) -> None:
         super().__init__()
         self.path = Path(path)
-        self.session = _open_session(self.path, threads, providers)
-        self._threads, self._providers = threads, providers
+        self.session = _open_session(self.path, threads, providers, spin)
+        self._threads, self._providers, self._spin = threads, providers, spin
         self._labels_session: Any = None
         self.metadata = _read_metadata(self.session, self.path)
         try:
@@ -353,7 +354,7 @@ class OrtRangeNetwork(nn.Module):
 
         if self._labels_session is None:
             self._labels_session = fused_session(self.path, num_classes=self.num_classes, threads=self._threads,
-                                                 providers=self._providers)
+                                                 providers=self._providers, spin=self._spin)
         try:
             out = self._labels_session.run([LABELS_OUTPUT], {INPUT_NAME: self._array(x)})[0]
         except Exception as exc:  # ORT raises its own exception types
@@ -380,12 +381,13 @@ class OrtRangePredictor(RangePredictor):
         source: name used in error messages.
         probabilities: compute per-point class probabilities; False gives labels only, the
             argmax taken inside the ONNX graph (faster; ``ScanPrediction.probabilities`` is None).
+        spin: let ONNX Runtime's idle threads spin (see :func:`~terraseg.inference.onnx_fuse.make_session`).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, projection: Projection | None = None,
                  threads: int | None = None, providers: list[str] | None = None, knn: KNNPost | None = None,
-                 fill: int = 0, source: str = "points", probabilities: bool = True) -> None:
-        network = OrtRangeNetwork(path, threads=threads, providers=providers)
+                 fill: int = 0, source: str = "points", probabilities: bool = True, spin: bool = True) -> None:
+        network = OrtRangeNetwork(path, threads=threads, providers=providers, spin=spin)
         proj = projection if projection is not None else network.projection
         if proj is None:
             raise ConfigError(f"{network.path}: no projection was recorded at export; pass projection=")

@@ -154,6 +154,10 @@ class ScheduleConfig:
         warmup_ratio: starting factor of the warm-up.
         power: exponent of the poly schedule.
         min_lr_ratio: floor of the decay, as a fraction of the base learning rate.
+        horizon: ``steps`` (decay over ``max_epochs`` / ``max_steps``) or ``time``: decay over
+            whichever ends first, the steps or ``trainer.max_time_s`` of training wall time
+            (progress = max(step / total steps, elapsed / max_time_s)), so a run cut by its time
+            budget still ends annealed. Time-based runs are not bit-for-bit reproducible.
     """
 
     name: Literal["poly", "cosine", "constant"] = "poly"
@@ -161,6 +165,7 @@ class ScheduleConfig:
     warmup_ratio: float = 1e-3
     power: float = 1.0
     min_lr_ratio: float = 0.0
+    horizon: Literal["steps", "time"] = "steps"
 
 
 @dataclass
@@ -313,6 +318,8 @@ class TrainConfig:
             raise ConfigError(f"{s}: ema.decay must be in (0, 1), got {self.ema.decay}")
         if t.precision not in ("auto", "32", "bf16", "16", "32-true", "bf16-mixed", "16-mixed"):
             raise ConfigError(f"{s}: trainer.precision must be auto, 32, bf16 or 16, got {t.precision!r}")
+        if self.schedule.horizon == "time" and not t.max_time_s:
+            raise ConfigError(f"{s}: schedule.horizon: time needs trainer.max_time_s (the time budget to decay over)")
         if self.task == "points" and self.copy_paste:
             raise ConfigError(f"{s}: copy_paste applies to the image task only")
         if self.task == "points" and self.data.repeat_factor is not None:

@@ -18,6 +18,7 @@ rate and throughput (samples per second).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -219,9 +220,22 @@ class SegmentationModule(L.LightningModule):
                 self.log(f"val/IoU/{name or cid}", float(iou) * 100.0, sync_dist=False)
 
     # ------------------------------------------------------------------ optimisation
+    def _time_fraction(self) -> Callable[[], float] | None:
+        """Fraction of ``trainer.max_time_s`` spent training (resumed runs included), for
+        ``schedule.horizon: time``; None for step-based schedules."""
+        limit = self.config.trainer.max_time_s
+        if self.config.schedule.horizon != "time" or not limit:
+            return None
+        from lightning.pytorch.callbacks import Timer
+
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
+        if timer is None:
+            return None
+        return lambda: timer.time_elapsed("train") / float(limit)
+
     def configure_optimizers(self) -> Any:
         opt = build_optimizer(self.model, self.config.optim)
         total = int(self.trainer.estimated_stepping_batches)
-        factor = lr_factor(self.config.schedule, total)
+        factor = lr_factor(self.config.schedule, total, self._time_fraction())
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}

@@ -98,11 +98,14 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False)
 
 
-def lr_factor(cfg: ScheduleConfig, total_steps: int) -> Callable[[int], float]:
+def lr_factor(cfg: ScheduleConfig, total_steps: int,
+              time_fraction: Callable[[], float] | None = None) -> Callable[[int], float]:
     """Multiplier of the base learning rate at optimiser step ``t`` (0-based).
 
     Linear warm-up from ``warmup_ratio`` to 1 over ``warmup_iters`` steps, then poly / cosine decay
-    from 1 to ``min_lr_ratio`` at ``total_steps`` (or constant 1).
+    from 1 to ``min_lr_ratio`` at ``total_steps`` (or constant 1). With ``time_fraction`` (the
+    fraction of the time budget used so far, for ``horizon: time``) the decay's progress is the
+    larger of the step and time fractions.
     """
     total = max(1, int(total_steps))
     warm = max(0, min(int(cfg.warmup_iters), total - 1))
@@ -112,6 +115,8 @@ def lr_factor(cfg: ScheduleConfig, total_steps: int) -> Callable[[int], float]:
             return 1.0
         span = max(1, total - warm)
         x = min(1.0, max(0.0, (t - warm) / span))
+        if time_fraction is not None:
+            x = max(x, min(1.0, max(0.0, float(time_fraction()))))
         if cfg.name == "poly":
             base = (1.0 - x) ** cfg.power
         else:

@@ -141,7 +141,7 @@ class ImageBackend(Backend):
 
             self._fused = fused_session(p.path, uint8_input=(p.norm.mean, p.norm.std), confidence=self.scores,
                                         num_classes=p.num_classes, threads=p.threads,
-                                        providers=p.session.get_providers())
+                                        providers=p.session.get_providers(), spin=p.spin)
         return self._fused
 
     def _predict_fused(self, session: Any, message: SensorMessage, img: np.ndarray) -> Prediction:
@@ -304,7 +304,7 @@ def model_kind(path: str | os.PathLike[str], *, trusted: bool = False) -> Stream
 def load_backend(path: str | os.PathLike[str], kind: StreamKind | None = None, *, device: str | None = None,
                  amp: bool = False,
                  threads: int | None = None, projection: str | None = None, tta: Any = None, window: Any = None,
-                 scores: bool = False, trusted: bool = False, fuse: bool = True) -> Backend:
+                 scores: bool = False, trusted: bool = False, fuse: bool = True, spin: bool = False) -> Backend:
     """A backend for a model file: ``.onnx`` on ONNX Runtime, else a terraseg checkpoint on PyTorch.
 
     Args:
@@ -324,6 +324,9 @@ def load_backend(path: str | os.PathLike[str], kind: StreamKind | None = None, *
         fuse: ONNX models: normalisation (camera) and argmax inside the graph (see
             :mod:`terraseg.inference.onnx_fuse`); False runs the exported graph as it is, with
             PyTorch around it (the same ids, slower).
+        spin: ONNX Runtime's idle intra-op threads spin-wait (its own default). Off by default
+            here: the runtime's reader and writer threads share the cores (see
+            :func:`~terraseg.inference.onnx_fuse.make_session`).
 
     Raises:
         DataError: a missing or unreadable model file.
@@ -349,7 +352,7 @@ def load_backend(path: str | os.PathLike[str], kind: StreamKind | None = None, *
             from terraseg.inference.onnx_export import OrtImagePredictor
 
             ort_pred = OrtImagePredictor(p, providers=_ort_providers(device), threads=threads, tta=tta, window=window,
-                                         batch_size=1)
+                                         batch_size=1, spin=spin)
             return ImageBackend(ort_pred, scores=scores, model_path=p, fuse=fuse)
         from terraseg.inference.image import ImagePredictor
         from terraseg.inference.models import POINT_ARCHS
@@ -370,7 +373,7 @@ def load_backend(path: str | os.PathLike[str], kind: StreamKind | None = None, *
             raise ConfigError(f"threads must be at least 1, got {threads}")
         proj = _projection(projection) if projection is not None else None
         ort_range = OrtRangePredictor(p, projection=proj, threads=threads, providers=_ort_providers(device),
-                                      source=str(p), probabilities=scores or not fuse)
+                                      source=str(p), probabilities=scores or not fuse, spin=spin)
         provider = ort_range.network.session.get_providers()[0].replace("ExecutionProvider", "")
         return ScanBackend(ort_range, ort_range.network.ontology, scores=scores, model_path=p,
                            name=f"onnxruntime:{provider}" + ("" if fuse else " (unfused)"))
