@@ -5,7 +5,7 @@ What is measured
 The latency of labelling every point of one scan, pre-processing included, on ``--threads``
 CPU threads (default 2, the on-robot budget), randomly initialised networks with 20 classes:
 
-- SalsaNext ``default``, ``small`` and ``tiny`` presets (RELLIS-3D normalisation, 5 input
+- SalsaNext ``default``, ``small``, ``tiny``, ``rt`` and ``rt-tiny`` presets (RELLIS-3D normalisation, 5 input
   channels) on the organised 64 x 2048 range image of the scan:
 
   - ``eager``: :class:`terraseg.models.points.RangePredictor` (PyTorch, channels-last, the
@@ -13,7 +13,10 @@ CPU threads (default 2, the on-robot budget), randomly initialised networks with
   - ``onnxruntime``: :func:`terraseg.inference.range_onnx.export_range_onnx` (checked against
     PyTorch on the scan's own range image), then
     :class:`terraseg.inference.range_onnx.OrtRangePredictor` (the same projection and kNN
-    post-processing, the network on ONNX Runtime's CPU provider).
+    post-processing, the network on ONNX Runtime's CPU provider);
+  - ``ort-labels``: the runtime's path, ``OrtRangePredictor(probabilities=False)``:
+    the argmax inside the ONNX graph (:mod:`terraseg.inference.onnx_fuse`), no softmax and no
+    per-point probabilities (alone on the cores, so ONNX Runtime's threads spin as by default).
 
 - RandLA-Net ``default`` through :func:`terraseg.models.points.predict_scan` (all returns in
   one pass; features x, y, z).
@@ -46,7 +49,7 @@ RandLA-Net at most 2 s per scan, both pre-processing included, on 2 CPU cores.
 Usage::
 
     python benchmarks/bench_range_onnx.py [--quick] [--repeats 5] [--warmup 1] [--threads 2]
-        [--models salsanext:default,salsanext:small,salsanext:tiny,randlanet:default]
+        [--models salsanext:default,salsanext:small,salsanext:tiny,salsanext:rt,salsanext:rt-tiny,randlanet:default]
         [--no-onnx] [--no-pin] [--opset 18] [--synthetic] [--data DIR]
 """
 
@@ -78,7 +81,7 @@ from terraseg.models.points import (
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MODELS = ("salsanext:default", "salsanext:small", "salsanext:tiny", "randlanet:default")
+MODELS = ("salsanext:default", "salsanext:small", "salsanext:tiny", "salsanext:rt", "salsanext:rt-tiny", "randlanet:default")
 QUICK_MODELS = ("salsanext:small", "randlanet:default")
 NUM_CLASSES = 20
 LAYOUT = OrganizedLayout(64, 2048)
@@ -177,6 +180,11 @@ def bench_salsanext(preset: str, scan: np.ndarray, args: argparse.Namespace, fol
         return OrtRangePredictor(report.path, threads=args.threads), ref.params
 
     rows.append(measure(name, "onnxruntime", make_ort, scan, args.warmup, args.repeats, ref.labels))
+
+    def make_ort_labels() -> tuple[Predict, int]:
+        return OrtRangePredictor(report.path, threads=args.threads, probabilities=False), ref.params
+
+    rows.append(measure(name, "ort-labels", make_ort_labels, scan, args.warmup, args.repeats, ref.labels))
     return rows
 
 
@@ -206,7 +214,7 @@ HEADER = (f"{'model':<18} {'backend':<12} {'params':>7} {'pre':>6} {'net':>7} {'
 
 def goal_text(r: Row) -> str:
     total_ms = r.stages["total"] * 1e3
-    if r.model.startswith("salsanext") and r.backend == "onnxruntime":
+    if r.model.startswith("salsanext") and r.backend in ("onnxruntime", "ort-labels"):
         limit = GOAL_RANGE_ORT_MS
     elif r.model.startswith("randlanet"):
         limit = GOAL_RANDLA_MS
