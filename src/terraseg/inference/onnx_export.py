@@ -487,16 +487,12 @@ class OrtImagePredictor(BaseImagePredictor):
         missing = [p for p in providers if p not in available]
         if missing:
             raise ConfigError(f"ONNX Runtime providers {missing} are not available (available: {', '.join(available)})")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads is not None:
-            if threads < 1:
-                raise ConfigError(f"threads must be at least 1, got {threads}")
-            opts.intra_op_num_threads = int(threads)
-        if not spin:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        from terraseg.inference.onnx_fuse import make_session
+
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=list(providers))
+            self.session = make_session(self.path, threads, providers, spin)
+        except ConfigError:
+            raise
         except Exception as exc:  # ORT raises its own exception types for unreadable models
             raise DataError(f"{self.path}: ONNX Runtime cannot load the model ({exc})") from exc
         props = self.session.get_modelmeta().custom_metadata_map
