@@ -389,28 +389,49 @@ def organized_layout(points: np.ndarray, height: int, width: int, layout: Layout
     scans from one sensor can decide once and pass the result for every later scan, which
     then skips the elevation statistics.
     """
+    _check_organized_args(height, width, layout, source)
+    if layout != "auto" and flip_rows is not None:
+        return layout, bool(flip_rows)
+    xyz, _ = _split_points(points, source)
+    _, ok = _organized_range(xyz, height, width, min_range, source)
+    return _resolve_layout(xyz, ok, height, width, layout, flip_rows)
+
+
+def _check_organized_args(height: int, width: int, layout: str, source: str) -> None:
     if int(height) != height or int(width) != width or height < 1 or width < 1:
         raise DataError(f"{source}: height and width must be positive integers, got {height}x{width}")
     if layout not in ("auto", "row-major", "column-major"):
         raise DataError(f"{source}: layout must be auto, row-major or column-major, got {layout!r}")
-    if layout != "auto" and flip_rows is not None:
-        return layout, bool(flip_rows)
-    xyz, _ = _split_points(points, source)
+
+
+def _organized_range(xyz: np.ndarray, height: int, width: int, min_range: float, source: str
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(range (N,) float64, return flags (N,) bool) of an organised scan's float64 xyz."""
     n = len(xyz)
     if n != height * width:
         raise DataError(f"{source}: {n} points is not an organised {height} x {width} scan ({height * width} points)")
     with np.errstate(invalid="ignore"):
-        ok = np.isfinite(xyz).all(axis=1) & (np.einsum("ij,ij->i", xyz, xyz) > min_range * min_range)
+        rng = np.sqrt(np.einsum("ij,ij->i", xyz, xyz))
+        ok = np.isfinite(rng) & (rng > min_range)
+    return rng, ok
+
+
+def _resolve_layout(xyz: np.ndarray, ok: np.ndarray, height: int, width: int, layout: str,
+                    flip_rows: bool | None) -> tuple[Layout, bool]:
+    """Decide ``"auto"`` layout (most constant elevation per row) and ``None`` flip (highest beam
+    in row 0) from the returns ``ok`` of a scan."""
+    if layout != "auto" and flip_rows is not None:
+        return layout, bool(flip_rows)  # type: ignore[return-value]
     elev = np.degrees(np.arctan2(xyz[:, 2], np.hypot(xyz[:, 0], xyz[:, 1])))
     if layout == "auto":
         spreads = {k: _row_spread(elev, _organized_grid(height, width, k, False)[1], ok, height)[0]
                    for k in ("row-major", "column-major")}
-        layout = min(spreads, key=lambda k: spreads[k])  # type: ignore[assignment]
+        layout = min(spreads, key=lambda k: spreads[k])
     if flip_rows is None:
         _, means = _row_spread(elev, _organized_grid(height, width, layout, False)[1], ok, height)
         has = np.isfinite(means)
         flip_rows = bool(has.sum() >= 2 and np.polyfit(np.flatnonzero(has), means[has], 1)[0] > 0)
-    return layout, bool(flip_rows)
+    return layout, bool(flip_rows)  # type: ignore[return-value]
 
 
 _GRIDS: dict[tuple[int, int, str, bool], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -458,15 +479,11 @@ def from_organized(points: np.ndarray, height: int, width: int, layout: Layout =
         owns exactly one pixel), so a stream that passes the concrete ``layout`` and
         ``flip_rows`` (:func:`organized_layout`) pays a few milliseconds per 131k-point scan.
     """
-    layout, flip = organized_layout(points, height, width, layout, flip_rows, min_range, source)
+    _check_organized_args(height, width, layout, source)
     xyz, inten = _split_points(points, source)
-    n = len(xyz)
-    if n != height * width:
-        raise DataError(f"{source}: {n} points is not an organised {height} x {width} scan ({height * width} points)")
+    rng, ok = _organized_range(xyz, height, width, min_range, source)
+    layout, flip = _resolve_layout(xyz, ok, height, width, layout, flip_rows)
     pix, row, col = _organized_grid(height, width, layout, flip)
-    with np.errstate(invalid="ignore"):
-        rng = np.sqrt(np.einsum("ij,ij->i", xyz, xyz))
-        ok = np.isfinite(rng) & (rng > min_range)
     ok_px = ok[pix]
     index = np.where(ok_px, pix, -1)
     rimg = np.where(ok_px, rng[pix], 0.0).astype(np.float32)

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from terraseg.errors import ConfigError, DataError
 from terraseg.geometry.range_image import RangeProjection
+from terraseg.inference.onnx_fuse import make_session
 from terraseg.io.atomic import atomic_write_bytes
 from terraseg.models.points.predict import OrganizedLayout, Projection, RangePredictor, ScanPrediction, _EvalMode
 from terraseg.models.points.range_post import KNNPost
@@ -152,13 +153,6 @@ def _export_proto(net: nn.Module, x: Tensor, opset: int) -> Any:
     return onnx.load_from_string(buf.getvalue())
 
 
-def _session(model: bytes | str | os.PathLike[str], threads: int | None, providers: list[str] | None,
-             spin: bool = True) -> Any:
-    from terraseg.inference.onnx_fuse import make_session
-
-    return make_session(model, threads, providers, spin)
-
-
 def _run_session(session: Any, x: np.ndarray) -> np.ndarray:
     """Logits (1, C, H, W) float32 of one normalised input."""
     return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])
@@ -243,7 +237,7 @@ def export_range_onnx(model: SalsaNext, path: str | os.PathLike[str], size: tupl
 
     agreement = max_diff = float("nan")
     if check:
-        got = _run_session(_session(data, None, None), x)
+        got = _run_session(make_session(data), x)
         if got.shape != ref.shape:
             raise DataError(f"{out}: ONNX Runtime returned logits of shape {got.shape}, PyTorch {ref.shape}")
         agreement = float(np.mean(got.argmax(axis=1) == ref.argmax(axis=1)))
@@ -265,7 +259,7 @@ def _open_session(path: Path, threads: int | None, providers: list[str] | None, 
     if not path.is_file():
         raise DataError(f"{path}: ONNX file not found")
     try:
-        return _session(path, threads, providers, spin)
+        return make_session(path, threads, providers, spin)
     except ConfigError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
