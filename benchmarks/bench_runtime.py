@@ -12,7 +12,7 @@ depend on the weights), batch 1, on ``--threads`` CPU threads (default 2, the on
 - camera: 640 x 480 frames (``--camera-size HxW``), LiteFPN (MobileNetV3-Large encoder), as a
   terraseg checkpoint on PyTorch and exported to ONNX at the frame size;
 - LiDAR: organised 64 x 2048 scans (``--scan-size``; 131,072 points, ~40 % without return) with
-  the range network SalsaNext (``--range-preset``, default ``small``) on the sensor's own
+  the range network SalsaNext (``--range-preset``, default ``rt``) on the sensor's own
   layout, checkpoint on PyTorch and :func:`~terraseg.inference.range_onnx.export_range_onnx`.
 
 Backends: ``onnxruntime`` (the runtime's default: normalisation and argmax inside the ONNX graph,
@@ -47,7 +47,7 @@ most 100 ms and the camera network at least 15 FPS sustained.
 Usage::
 
     python benchmarks/bench_runtime.py [--frames 30] [--threads 2] [--camera-size 480x640]
-        [--scan-size 64x2048] [--range-preset small] [--backends onnxruntime,onnxruntime-unfused,pytorch]
+        [--scan-size 64x2048] [--range-preset rt] [--backends onnxruntime,onnxruntime-unfused,pytorch]
         [--streams camera,lidar] [--camera-hz 15] [--lidar-hz 10] [--no-combined] [--no-write]
         [--exporter torchscript] [--ort-spin] [--no-pin] [--json FILE]
     python benchmarks/bench_runtime.py --quick      # smoke test: tiny sizes, a few frames
