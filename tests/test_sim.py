@@ -26,7 +26,7 @@ from terraseg.sim import (
     render,
     trail_poses,
 )
-from terraseg.sim.dataset import simulate_dataset, split_counts
+from terraseg.sim.dataset import _drive, simulate_dataset, split_counts
 from terraseg.sim.raster import render_camera_hits
 from terraseg.sim.world import sim_class
 
@@ -67,6 +67,38 @@ def test_world_contents(forest) -> None:
     on = forest.ground[i, j]
     allowed = {sim_class(c) for c in ("dirt", "gravel", "mud", "puddle")}
     assert np.isin(on, list(allowed)).mean() > 0.97
+
+
+def _arc_length_of_objects(world, name: str) -> np.ndarray:
+    """Arc length (m) along the trail of the trail point nearest to each primitive of class ``name``."""
+    centres = world.prim_params[world.prim_class == sim_class(name), :2]
+    d = np.linalg.norm(centres[:, None, :] - world.trail[None, :, :], axis=2)
+    return world.trail_s[d.argmin(axis=1)]
+
+
+def test_landmark_blocks_repeat_every_class_along_the_whole_trail(forest) -> None:
+    total = float(forest.trail_s[-1])
+    starts = np.arange(0.0, total - 35.0, 55.0)
+    assert len(starts) == 3  # a 160 m world has a ~164 m trail
+    for name in ("log", "rock", "pole", "fence", "building", "vehicle", "person"):
+        s = _arc_length_of_objects(forest, name)
+        for b in starts:
+            # each block places its instance 1-60 m after the block's start (clipped to the trail)
+            assert np.any((s >= b) & (s <= min(b + 62.0, total))), (name, b, np.sort(s).round(1))
+    once = generate_world(0, "forest", landmark_spacing=None)
+    # without repetition only the first block is guaranteed; later ones come from sparse extras
+    assert len(_arc_length_of_objects(once, "vehicle")) < len(_arc_length_of_objects(forest, "vehicle"))
+    assert len(_arc_length_of_objects(once, "fence")) < len(_arc_length_of_objects(forest, "fence"))
+    with pytest.raises(ConfigError, match="landmark_spacing must be at least 20 m"):
+        generate_world(0, "forest", landmark_spacing=5.0)
+
+
+def test_a_split_world_is_made_longer_than_its_drive() -> None:
+    world, start, reverse = _drive(None, "val", 3, "forest", length_m=230.0)
+    assert world.seed == 4 and start == 2.0 and not reverse
+    assert world.trail_s[-1] > 232.0  # the vehicle never stops at the end of the trail
+    small, _, _ = _drive(None, "train", 3, "forest", length_m=50.0)
+    assert small.extent[1] - small.extent[0] == pytest.approx(160.0)  # never smaller than the default
 
 
 def test_domains() -> None:

@@ -120,7 +120,7 @@ def simulate_dataset(out: str | os.PathLike[str], frames: int = 100, seed: int =
         cam_writer = GenericWriter(out_dir / "camera", ontology="sim", calib=rig.calibration())
     with ProgressBar(frames, f"simulating {dom.name}", enabled=progress) as bar:
         for split_index, (split, n) in enumerate(counts.items()):
-            world, start, reverse = _drive(shared, split, seed, dom.terrain)
+            world, start, reverse = _drive(shared, split, seed, dom.terrain, length_m=1.1 * speed * n / rate_hz)
             poses, times = trail_poses(world, n, rate_hz=rate_hz, speed=speed, start=start, reverse=reverse,
                                        seed=seed * 7919 + split_index)
             seq_dir = out_dir / "lidar" / "sequences" / SPLIT_SEQUENCES[split]
@@ -155,10 +155,15 @@ def simulate_dataset(out: str | os.PathLike[str], frames: int = 100, seed: int =
     return config
 
 
-def _drive(shared: Any, split: str, seed: int, terrain: str) -> tuple[Any, float, bool]:
-    """The world a split is driven in, where the drive starts along its trail (m) and its direction."""
+def _drive(shared: Any, split: str, seed: int, terrain: str, length_m: float) -> tuple[Any, float, bool]:
+    """The world a split is driven in, where the drive starts along its trail (m) and its direction.
+
+    A world of its own (``shared`` None) is made wide enough that its trail is longer than the
+    drive (``length_m``, m, at the fastest speed), so the vehicle never stops at the trail's end.
+    """
     if shared is None:
-        return generate_world(seed + list(SPLIT_SEQUENCES).index(split), terrain), 2.0, False
+        size = max(160.0, float(np.ceil(length_m + 15.0)))
+        return generate_world(seed + list(SPLIT_SEQUENCES).index(split), terrain, size=size), 2.0, False
     total_s = float(shared.trail_s[-1])
     starts = {"train": (2.0, False), "val": (min(0.55 * total_s, total_s - 40), False), "test": (2.0, True)}
     return (shared, *starts[split])

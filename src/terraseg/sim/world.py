@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from terraseg.errors import ConfigError
 from terraseg.ontology import get_ontology
 
 ONTOLOGY = "sim"
@@ -139,12 +140,17 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale_cells: 
 
 # ---------------------------------------------------------------------------- generation
 def generate_world(seed: int = 0, style: str | TerrainStyle = "forest", size: float = 160.0,
-                   res: float = 0.25) -> World:
+                   res: float = 0.25, landmark_spacing: float | None = 55.0) -> World:
     """Generate a world of ``size`` x ``size`` metres centred on the origin.
 
-    The trail runs roughly west to east through the middle; the first 70 m of it (from its west
-    end, where vehicles start) are guaranteed to pass at least one instance of every class.
+    The trail runs roughly west to east through the middle. Its first 70 m (from the west end,
+    where vehicles start) are guaranteed to pass at least one instance of every class, and so is
+    every further ``landmark_spacing`` metres of it (a block of landmarks starts every
+    ``landmark_spacing`` m along the trail), so that a drive of any length along it sees every
+    class again and again. ``landmark_spacing=None`` places the block once, at the start only.
     """
+    if landmark_spacing is not None and landmark_spacing < 20.0:
+        raise ConfigError(f"landmark_spacing must be at least 20 m (got {landmark_spacing})")
     st = TERRAIN_STYLES[style] if isinstance(style, str) else style
     rng = np.random.default_rng(seed)
     n = int(round(size / res)) + 1
@@ -232,23 +238,33 @@ def generate_world(seed: int = 0, style: str | TerrainStyle = "forest", size: fl
         d = trail[i] - trail[i - 1]
         return float(trail[i, 0]), float(trail[i, 1]), float(np.arctan2(d[1], d[0]))
 
-    # mud and puddles on the trail (guaranteed in the first 70 m), rubble beside it
-    for k, s in enumerate(list(rng.uniform(8, 60, 2)) + list(rng.uniform(60, trail_s[-1] - 10, 6))):
+    # start (m along the trail) of every block of guaranteed landmarks
+    s_end = float(trail_s[-1]) - 5.0
+    blocks = [0.0] if landmark_spacing is None else list(np.arange(0.0, s_end - 30.0, landmark_spacing)) or [0.0]
+
+    def in_block(b: float, lo: float, hi: float) -> float:
+        """A random arc length in [b + lo, b + hi], kept on the trail."""
+        return float(min(rng.uniform(b + lo, b + hi), s_end))
+
+    # mud and puddles on the trail (guaranteed in every block), rubble beside it
+    patch_s = [in_block(b, 8, 60) for b in blocks for _ in range(2)]
+    for k, s in enumerate(patch_s + list(rng.uniform(60, trail_s[-1] - 10, 6))):
         x, y, yaw = trail_point(float(s))
         if k % 2 == 0:
             stamp_patch(x, y, rng.uniform(1.5, 3.0), rng.uniform(0.8, 1.4), "mud", yaw, depth=0.05)
         else:
             stamp_patch(x + rng.uniform(-0.6, 0.6), y, rng.uniform(0.6, 1.4), rng.uniform(0.4, 0.8), "puddle", yaw,
                         depth=0.02, flat=True)
-    for s in [rng.uniform(15, 65)] + list(rng.uniform(60, trail_s[-1] - 10, 4)):
+    for s in [in_block(b, 15, 60) for b in blocks] + list(rng.uniform(60, trail_s[-1] - 10, 4)):
         x, y, yaw = trail_point(float(s))
         off = rng.choice([-1, 1]) * (half + rng.uniform(1.5, 4))
         m = stamp_patch(x - off * np.sin(yaw), y + off * np.cos(yaw), rng.uniform(1.5, 3), rng.uniform(1, 2), "rubble",
                         rng.uniform(0, np.pi))
         terrain[m] += 0.12 * bumps[m]
 
-    # a pond near the start of the trail (guaranteed in view) and one more elsewhere
-    for s, (lo, hi) in zip((rng.uniform(25, 55), rng.uniform(70, trail_s[-1] - 20)), ((6, 10), (8, 18))):
+    # a pond in every block (in view from the trail) and one more further away
+    ponds = [(in_block(b, 25, 55), (6.0, 10.0)) for b in blocks] + [(rng.uniform(70, trail_s[-1] - 20), (8.0, 18.0))]
+    for s, (lo, hi) in ponds:
         x, y, yaw = trail_point(float(s))
         off = rng.choice([-1, 1]) * (half + rng.uniform(lo, hi))
         cx, cy = x - off * np.sin(yaw), y + off * np.cos(yaw)
@@ -372,14 +388,15 @@ def generate_world(seed: int = 0, style: str | TerrainStyle = "forest", size: fl
                "vehicle": lambda x, y, yaw: add_vehicle(x, y, yaw + rng.uniform(-0.4, 0.4)),
                "person": lambda x, y, yaw: add_person(x, y)}
 
-    # guaranteed instances near the start of the trail (all within ~70 m)
-    for s_lo, s_hi, kind, lo, hi in (
-        (5, 25, "tree", 2, 6), (10, 30, "bush", 1, 4), (10, 40, "rock", 1, 4), (15, 45, "log", 1.5, 4),
-        (20, 50, "pole", 1, 3), (20, 50, "fence", 3, 6), (30, 60, "building", 8, 14), (15, 45, "vehicle", 3, 6),
-        (10, 40, "person", 1.5, 4),
-    ):
-        for _ in range(2 if kind in ("tree", "bush", "rock", "person") else 1):
-            placers[kind](*beside(float(rng.uniform(s_lo, s_hi)), lo, hi))
+    # guaranteed instances in every block (each within ~60 m of the block's start)
+    for b in blocks:
+        for s_lo, s_hi, kind, lo, hi in (
+            (5, 25, "tree", 2, 6), (10, 30, "bush", 1, 4), (10, 40, "rock", 1, 4), (15, 45, "log", 1.5, 4),
+            (20, 50, "pole", 1, 3), (20, 50, "fence", 3, 6), (30, 60, "building", 8, 14), (15, 45, "vehicle", 3, 6),
+            (10, 40, "person", 1.5, 4),
+        ):
+            for _ in range(2 if kind in ("tree", "bush", "rock", "person") else 1):
+                placers[kind](*beside(in_block(b, s_lo, s_hi), lo, hi))
 
     # scattered vegetation and rocks over the whole world
     area = size * size / 100.0
