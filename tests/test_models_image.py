@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import yaml
 
 from terraseg.errors import ConfigError, DataError
-from terraseg.models import save_checkpoint
+from terraseg.models import class_ids, save_checkpoint
 from terraseg.models.image import (
     ImageSegmenter,
     build_image_model,
@@ -130,6 +130,28 @@ def test_aux_is_optional() -> None:
     assert isinstance(acf.train()(torch.randn(2, 3, 64, 64)), torch.Tensor)
     logits = torch.zeros(1, 4, 2, 2)
     assert unpack_outputs(logits) == (logits, None)
+
+
+def test_litefpn_stride_4_decoder_gives_logits_on_a_4x_finer_grid() -> None:
+    x = torch.randn(2, 3, 64, 96)
+    s8 = build_image_model("litefpn", "tu-mobilenetv3_small_050", 5, channels=16).eval()
+    s4 = build_image_model("litefpn", "tu-mobilenetv3_small_050", 5, channels=16, output_stride=4).eval()
+    with torch.no_grad():
+        assert s8.forward_raw(x, False)[0].shape == (2, 5, 8, 12)
+        assert s4.forward_raw(x, False)[0].shape == (2, 5, 16, 24)
+        assert s4(x).shape == (2, 5, 64, 96)
+    assert s4.spec["output_stride"] == 4 and s4.lateral4 is not None and s8.lateral4 is None
+    with pytest.raises(ConfigError, match="litefpn output_stride must be 4 or 8"):
+        build_image_model("litefpn", "tu-mobilenetv3_small_050", 5, output_stride=16)
+
+
+def test_class_ids_match_argmax_including_ties() -> None:
+    scores = torch.randn(3, 7, 9, 11)
+    assert torch.equal(class_ids(scores), scores.argmax(1))
+    tied = torch.zeros(1, 4, 2, 2)
+    tied[0, 1:3] = 1.0  # classes 1 and 2 tie everywhere: the lower id wins, as with argmax
+    assert torch.equal(class_ids(tied), torch.ones(1, 2, 2, dtype=torch.long))
+    assert torch.equal(class_ids(scores.permute(0, 2, 3, 1), dim=-1), scores.argmax(1))
 
 
 def test_acf_class_centres_are_probability_weighted_means() -> None:

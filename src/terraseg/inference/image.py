@@ -46,6 +46,7 @@ from torch import nn
 from terraseg.errors import ConfigError, DataError
 from terraseg.models.image.base import unpack_outputs
 from terraseg.models.image.preprocess import Normalization
+from terraseg.models.ops import class_ids
 from terraseg.ontology import Ontology
 
 ModelFn = Callable[[torch.Tensor], Any]
@@ -462,8 +463,7 @@ class BaseImagePredictor:
             for s in range(0, len(idx), self.batch_size):
                 part = idx[s:s + self.batch_size]
                 probs = self._probabilities_tensor(np.stack([arrays[i] for i in part]), scores_only=True)
-                # max().indices: same ids as argmax, ~6x faster on CPU for (N, K, H, W) tensors
-                ids = probs.max(1).indices.cpu().numpy().astype(self.label_dtype)
+                ids = class_ids(probs).cpu().numpy().astype(self.label_dtype)
                 for k, i in enumerate(part):
                     out[i] = ids[k]
         return [o for o in out if o is not None]

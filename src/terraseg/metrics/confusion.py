@@ -147,7 +147,9 @@ class ConfusionMatrix:
             p_t = pred if _is_torch(pred) else torch.as_tensor(np.asarray(pred))
             t_t = target if _is_torch(target) else torch.as_tensor(np.asarray(target))
             if p_t.ndim == t_t.ndim + 1 and p_t.is_floating_point():
-                p_t = p_t.argmax(dim=1)
+                from terraseg.models.ops import class_ids
+
+                p_t = class_ids(p_t)
             if p_t.device.type != "cpu" or t_t.device.type != "cpu":
                 self._update_torch(p_t, t_t)
                 return self

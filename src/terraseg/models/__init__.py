@@ -19,6 +19,7 @@ from terraseg.models.image import (
     load_image_model,
     unpack_outputs,
 )
+from terraseg.models.ops import class_ids
 from terraseg.models.points import build_point_model, predict_scan
 from terraseg.models.surgery import (
     Checkpoint,
@@ -34,6 +35,7 @@ __all__ = [
     "TransferReport",
     "build_image_model",
     "build_point_model",
+    "class_ids",
     "describe_image_archs",
     "list_image_archs",
     "list_image_encoders",

@@ -29,6 +29,7 @@ from torch import nn
 from terraseg.metrics import ConfusionMatrix
 from terraseg.metrics.presets import EvalPreset, EvalResult
 from terraseg.models.image.base import unpack_outputs
+from terraseg.models.ops import class_ids
 from terraseg.ontology import Ontology
 from terraseg.training.config import TrainConfig
 from terraseg.training.data import IGNORE_INDEX
@@ -66,12 +67,12 @@ class ImageTask(TaskAdapter):
     def val_pairs(self, model, batch):  # type: ignore[no-untyped-def]
         x = self._x(batch)
         if self.window is None and self.tta is None:
-            pred = model(x).argmax(1)
+            pred = class_ids(model(x))
         else:
             from terraseg.inference.image import infer_probabilities
 
             kw = {k: v for k, v in (("window", self.window), ("tta", self.tta)) if v is not None}
-            pred = infer_probabilities(model, x, model.num_classes, **kw).argmax(1)
+            pred = class_ids(infer_probabilities(model, x, model.num_classes, **kw))
         t = batch["target"]
         ok = t != IGNORE_INDEX
         return pred[ok], t[ok]
@@ -101,7 +102,7 @@ class RangeTask(TaskAdapter):
         return model(self._x(batch)), None, batch["target"]
 
     def val_pairs(self, model, batch):  # type: ignore[no-untyped-def]
-        pix = model(self._x(batch)).argmax(1)  # (B, H, W)
+        pix = class_ids(model(self._x(batch)))  # (B, H, W)
         preds, targets = [], []
         for b in range(pix.shape[0]):
             preds.append(pix[b, batch["point_row"][b], batch["point_col"][b]])
@@ -165,7 +166,7 @@ class SegmentationModule(L.LightningModule):
             self.log_dict(parts, batch_size=n)
         with torch.no_grad():
             ok = tgt != IGNORE_INDEX
-            acc = (logits.argmax(1)[ok] == tgt[ok]).float().mean() if bool(ok.any()) else torch.tensor(0.0)
+            acc = (class_ids(logits)[ok] == tgt[ok]).float().mean() if bool(ok.any()) else torch.tensor(0.0)
         self.log("train/acc", acc * 100.0, batch_size=n)
         now = time.perf_counter()
         if self._t_batch is not None:

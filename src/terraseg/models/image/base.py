@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from terraseg.models.ops import class_ids
 from terraseg.ontology import Ontology
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ class ImageSegmenter(nn.Module):
         self.eval()
         out = self(x)
         assert isinstance(out, torch.Tensor)
-        return out.argmax(1)
+        return class_ids(out)
 
     def extra_repr(self) -> str:
         arch = self.spec.get("arch", type(self).__name__)

@@ -58,7 +58,7 @@ _ARCHS: dict[str, ImageArch] = {a.name: a for a in (
     ImageArch("segformer", "mit_b2", "transformer encoder, good accuracy per FLOP, robust to domain shift"),
     ImageArch("fpn", "resnet50", "simple, fast multi-scale decoder; good default for thin structures"),
     ImageArch("litefpn", "tu-mobilenetv3_large_100", "real-time on-robot inference (CPU / ONNX Runtime), stride-8 output",
-              options=("channels", "aux_channels", "dropout")),
+              options=("channels", "aux_channels", "dropout", "output_stride")),
     ImageArch("acfnet", "tu-efficientnet_b3", "ACF-Net with an EfficientNet encoder (reference 001); class-centre "
               "attention helps large uniform regions; coarse logits as aux", default_aux=True,
               options=("output_stride", "channels", "aspp_rates", "low_level_channels", "dropout")),
