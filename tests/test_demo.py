@@ -49,4 +49,4 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     if importlib.util.find_spec("rerun") is not None:
         assert (out / "runtime" / "run.rrd").stat().st_size > 0
         assert "live view:" in proc.stdout
-    assert "runtime over the test drive's bag at sensor rate" in proc.stdout
+    assert "runtime over the test drive's bag at 2 Hz" in proc.stdout
