@@ -36,14 +36,17 @@ allocator cache or the CUDA context).
 
 Devices: the CPU (fp32, ``--threads`` threads, default all cores) by default; ``--device cuda``
 measures fp32 and autocast mixed precision (bf16 where supported, else fp16 with a gradient
-scaler), channels-last for the convolutional networks. Without CUDA it says so and exits 0.
+scaler), channels-last for the convolutional networks. ``--channels-last both`` adds a
+channels-last (NHWC) row after each NCHW row of a convolutional network, on either device (on
+the CPU, oneDNN's NHWC kernels make depthwise-heavy networks such as LiteFPN faster to train). Without CUDA it says so and exits 0.
 
 Usage::
 
     python benchmarks/bench_training.py [--quick] [--repeats 5] [--warmup 2] [--threads N]
         [--device cpu|cuda] [--models litefpn,upernet:resnet18,upernet] [--size 512] [--batches 2,4]
         [--range-presets default,small] [--randla-presets default] [--point-batch 2]
-        [--crop-points 45056] [--range-width 2048] [--loss ce] [--skip-images] [--skip-points]
+        [--crop-points 45056] [--range-width 2048] [--channels-last auto|on|off|both] [--loss ce]
+        [--skip-images] [--skip-points]
         [--synthetic] [--data DIR]
 """
 
@@ -104,7 +107,7 @@ class Job:
         build: returns (model, batch dict on the device); called inside the memory measurement.
         forward: (model, batch) -> (logits (B, C, ...), aux logits or None, target (B, ...)).
         data_ms: per-sample data preparation time shown in the table (NaN: not applicable).
-        convolutional: channels-last applies (CUDA).
+        convolutional: channels-last applies (``--channels-last``).
     """
 
     name: str
@@ -133,19 +136,24 @@ class Result:
 
 
 def run_job(job: Job, device: torch.device, amp_dtype: torch.dtype | None, loss_spec: str, warmup: int,
-            repeats: int) -> tuple[Result, str]:
-    """Train ``warmup + repeats`` steps of one job; (result, memory method)."""
+            repeats: int, channels_last: bool = False) -> tuple[Result, str]:
+    """Train ``warmup + repeats`` steps of one job; (result, memory method). ``channels_last``
+    puts a convolutional job's model and 4-D inputs in channels-last (NHWC) memory order."""
     from terraseg.training import build_loss
 
     loss_fn = build_loss([s.strip() for s in loss_spec.split(",") if s.strip()], ignore_index=IGNORE_INDEX,
                          num_classes=NUM_CLASSES)
     precision = "fp32" if amp_dtype is None else {torch.bfloat16: "bf16-mixed", torch.float16: "fp16-mixed"}[amp_dtype]
+    nhwc = channels_last and job.convolutional
+    precision += "+NHWC" if nhwc else ""
     with PeakMemory(device) as mem:
         torch.manual_seed(0)
         model, batch = job.build(device)
         model = model.to(device).train()
-        if device.type == "cuda" and job.convolutional:
-            model = model.to(memory_format=torch.channels_last)
+        if nhwc:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            batch = {k: v.contiguous(memory_format=torch.channels_last)
+                     if isinstance(v, torch.Tensor) and v.dim() == 4 else v for k, v in batch.items()}
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -190,8 +198,6 @@ def image_jobs(models: list[str], size: int, batches: list[int], device: torch.d
                 model = build_image_model(arch, enc or None, NUM_CLASSES)
                 g = torch.Generator().manual_seed(0)
                 x = torch.randn((b, 3, size, size), generator=g).to(dev)
-                if dev.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
                 t = torch.randint(0, NUM_CLASSES, (b, size, size), generator=g).to(dev)
                 return model, {"image": x, "target": t}
 
@@ -216,8 +222,6 @@ def range_jobs(scan: np.ndarray, presets: list[str], batch: int, width: int) -> 
             model = build_point_model("salsanext", NUM_CLASSES, preset=preset, normalization="rellis3d")
             g = torch.Generator().manual_seed(0)
             x = x0[None].repeat(batch, 1, 1, 1).to(dev)
-            if dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
             t = torch.randint(0, NUM_CLASSES, (batch, *x0.shape[1:]), generator=g).to(dev)
             return model, {"range": x, "target": t}
 
@@ -275,7 +279,7 @@ def randla_jobs(scan: np.ndarray, presets: list[str], batch: int, n_points: int)
 
 
 # ---------------------------------------------------------------------------------------------- report
-HEADER = (f"{'model':<22} {'input':<16} {'batch':>5} {'precision':<10} {'ms/step':>9} {'min ms':>9} {'steps/s':>8} "
+HEADER = (f"{'model':<22} {'input':<16} {'batch':>5} {'precision':<15} {'ms/step':>9} {'min ms':>9} {'steps/s':>8} "
           f"{'samples/s':>9} {'cpu ms':>8} {'data ms':>8} {'peak MB':>8}")
 
 
@@ -283,7 +287,7 @@ def print_result(r: Result) -> None:
     j = r.job
     data = "-" if np.isnan(j.data_ms) else f"{j.data_ms:.0f}"
     peak = "-" if r.peak_mb is None else f"{r.peak_mb:.0f}"
-    print(f"{j.name:<22} {j.input:<16} {j.batch:>5} {r.precision:<10} {r.step_ms:9.1f} {r.min_ms:9.1f} {r.steps_per_s:8.3f} "
+    print(f"{j.name:<22} {j.input:<16} {j.batch:>5} {r.precision:<15} {r.step_ms:9.1f} {r.min_ms:9.1f} {r.steps_per_s:8.3f} "
           f"{j.batch * r.steps_per_s:9.2f} {r.cpu_ms:8.0f} {data:>8} {peak:>8}", flush=True)
 
 
@@ -318,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--point-batch", type=int, default=2, help="batch of the LiDAR networks (default 2)")
     ap.add_argument("--crop-points", type=int, default=45056, help="points per RandLA-Net crop (default 45056)")
     ap.add_argument("--range-width", type=int, default=2048, help="range-image columns, at most 2048 (default 2048)")
+    ap.add_argument("--channels-last", choices=("auto", "on", "off", "both"), default="auto",
+                    help="memory order of the convolutional networks: auto (NHWC on CUDA, NCHW on the CPU), "
+                         "on, off, or both (a row each)")
     ap.add_argument("--loss", default="ce", help="loss names for build_loss, comma-separated (default ce)")
     ap.add_argument("--skip-images", action="store_true", help="skip the camera networks")
     ap.add_argument("--skip-points", action="store_true", help="skip the LiDAR networks")
@@ -358,10 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda")
         amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         precisions: list[torch.dtype | None] = [None, amp]
-        print(f"  GPU     : {torch.cuda.get_device_name(0)}; channels-last for the convolutional networks")
+        print(f"  GPU     : {torch.cuda.get_device_name(0)}")
     else:
         device = torch.device("cpu")
         precisions = [None]
+    layouts = {"on": [True], "off": [False], "both": [False, True]}.get(args.channels_last, [device.type == "cuda"])
+    print(f"  layout  : {' and '.join('NHWC (channels-last)' if v else 'NCHW' for v in layouts)} for the "
+          "convolutional networks (precision column: +NHWC marks channels-last rows)")
     torch.set_num_threads(threads)
     scan, what = load_scan(args.data, args.synthetic)
     print(f"  scan    : {what}")
@@ -382,8 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     method = ""
     for job in jobs:
         for amp_dtype in precisions:
-            result, method = run_job(job, device, amp_dtype, args.loss, warmup, repeats)
-            print_result(result)
+            for nhwc in layouts if job.convolutional else [False]:
+                result, method = run_job(job, device, amp_dtype, args.loss, warmup, repeats, nhwc)
+                print_result(result)
     print()
     print(f"  peak MB: {method}; data ms: randla_inputs per crop (data-loader work, not in the step)")
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")

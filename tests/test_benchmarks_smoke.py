@@ -85,19 +85,22 @@ def test_cuda_flag_without_gpu_skips(script: str, monkeypatch: pytest.MonkeyPatc
 def test_bench_training_runs() -> None:
     out = _run("bench_training.py", "--quick", "--repeats", "1", "--warmup", "0", "--threads", "1",
                "--models", "litefpn", "--size", "64", "--range-presets", "tiny", "--randla-presets", "small", "--crop-points", "2048",
-               "--range-width", "128", "--synthetic")
+               "--range-width", "128", "--synthetic", "--channels-last", "both")
     header, rows = _table(out, "model")
     assert header == ["model", "input", "batch", "precision", "ms/step", "min", "ms", "steps/s", "samples/s", "cpu",
                       "ms", "data", "ms", "peak", "MB"]
-    assert [r[0] for r in rows] == ["litefpn", "salsanext:tiny", "randlanet:small"]
-    assert rows[0][1] == "64x64" and rows[1][1:3] == ["64x128", "range"] and rows[2][1:3] == ["2,048", "points"]
+    # --channels-last both: an NHWC row after each convolutional network's NCHW row, none for RandLA-Net
+    assert [r[0] for r in rows] == ["litefpn", "litefpn", "salsanext:tiny", "salsanext:tiny", "randlanet:small"]
+    assert [r[-9 + 1] for r in rows] == ["fp32", "fp32+NHWC", "fp32", "fp32+NHWC", "fp32"]
+    assert rows[0][1] == "64x64" and rows[2][1:3] == ["64x128", "range"] and rows[4][1:3] == ["2,048", "points"]
+    assert "layout  : NCHW and NHWC (channels-last)" in out
     for r in rows:
         batch, precision, step, best, steps, samples = r[-9:-3]
-        assert int(batch) == 2 and precision == "fp32"
+        assert int(batch) == 2 and precision.startswith("fp32")
         assert 0 < float(best) <= float(step)
         assert float(steps) == pytest.approx(1000 / float(step), rel=0.02, abs=0.002)
         assert float(samples) == pytest.approx(2 * float(steps), rel=0.02, abs=0.01)
-    assert rows[0][-2] == "-" and float(rows[2][-2]) > 0  # data ms: RandLA-Net crops only
+    assert rows[0][-2] == "-" and float(rows[4][-2]) > 0  # data ms: RandLA-Net crops only
     assert "synthetic organised 64 x 2048 scan" in out
 
 
