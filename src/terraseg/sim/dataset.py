@@ -18,7 +18,8 @@ default) all drives are in one world: train forward from the west end of the tra
 drive further along, test the trail driven in reverse. With ``worlds="per-split"`` every split is
 driven forward from the west end of its own world (seeds ``seed``, ``seed + 1``, ``seed + 2`` for
 train, val, test), so no object or patch of ground is seen in two splits and every split passes
-the instances of every class that each world places near its trail's start.
+the landmark blocks (an instance of every class every 55 m of trail) of its own world; a world
+is made wider than 160 m when its drive would be longer than the trail.
 Read them back with ``GenericDataset(out / "camera", split="train")`` and
 ``SemanticKITTIDataset(out / "lidar", split="train", ontology="sim")``. Identical arguments give
 byte-identical files.
