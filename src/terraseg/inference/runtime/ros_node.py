@@ -361,13 +361,18 @@ class SegmentationRelay:
         self.last_timings_ms = timings
         return pred
 
-    def on_image(self, msg: Any, topic: str) -> list[Output]:
-        """Segment one ``Image`` / ``CompressedImage``; return the id and colour images to publish."""
+    def _segment(self, msg: Any, topic: str, convert: Callable[..., SensorMessage]
+                 ) -> tuple[SensorMessage, Prediction, str]:
+        """Convert one ROS message (``convert(msg, topic, seq, received_ns=...)``) and predict it;
+        returns (message, prediction, ``"<topic> message <seq>"`` for errors)."""
         received = time.perf_counter_ns()
         seq = self._next_seq(topic)
-        message = sensor_message_from_image(msg, topic, seq, received_ns=received)
-        pred = self._predict(message)
-        where = f"{topic} message {seq}"
+        message = convert(msg, topic, seq, received_ns=received)
+        return message, self._predict(message), f"{topic} message {seq}"
+
+    def on_image(self, msg: Any, topic: str) -> list[Output]:
+        """Segment one ``Image`` / ``CompressedImage``; return the id and colour images to publish."""
+        message, pred, where = self._segment(msg, topic, sensor_message_from_image)
         labels = _ids(pred.labels, where, 2)
         if labels.shape != message.image.shape[:2]:  # type: ignore[union-attr]
             raise DataError(f"{where}: prediction is {labels.shape[1]}x{labels.shape[0]}, the image "
@@ -385,13 +390,9 @@ class SegmentationRelay:
 
     def on_pointcloud(self, msg: Any, topic: str) -> list[Output]:
         """Segment one ``PointCloud2``; return the labelled cloud to publish."""
-        received = time.perf_counter_ns()
-        seq = self._next_seq(topic)
-        message = sensor_message_from_pointcloud2(msg, topic, seq, received_ns=received)
-        pred = self._predict(message)
+        message, pred, where = self._segment(msg, topic, sensor_message_from_pointcloud2)
         if "points" not in self.publish:
             return []
-        where = f"{topic} message {seq}"
         fields = labelled_cloud_fields(message.points, message.point_fields, pred.labels,  # type: ignore[arg-type]
                                        pred.resolve_ontology(), where)
         return [Output(output_topic("points", topic, self.namespace), "pointcloud", fields,
