@@ -357,3 +357,16 @@ def test_copy_paste_and_repeat_factor_sampling_in_a_run(sim_root: Path, tmp_path
     assert seen > plain
     res = train(cfg, progress=False)
     assert read_checkpoint(res.last_checkpoint).meta["copy_paste_classes"] == rare
+
+
+def test_progress_bar_labels_epoch_and_step_runs() -> None:
+    """Lightning's own bar reads ``Epoch 3/-2`` in a ``max_steps`` run (max_epochs -1)."""
+    from types import SimpleNamespace
+
+    from terraseg.training.callbacks import TrainProgressBar
+
+    bar = TrainProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=2840, global_step=54)  # type: ignore[assignment]
+    assert bar._get_train_description(3) == "Epoch 3 (step 54/2840)"
+    bar._trainer = SimpleNamespace(max_epochs=200, max_steps=-1, global_step=54)  # type: ignore[assignment]
+    assert bar._get_train_description(3) == "Epoch 3/199"

@@ -1,5 +1,5 @@
 """Lightning callbacks of the training engine: EMA of weights, terraseg checkpoints (best / last,
-atomic), atomic Lightning resume checkpoints and the per-epoch summary line."""
+atomic), atomic Lightning resume checkpoints, the per-epoch summary line and the progress bar."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from terraseg.io.atomic import atomic_path, atomic_write_text
@@ -24,6 +24,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+
+
+class TrainProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, labelled ``Epoch 3/199`` for epoch-based runs and
+    ``Epoch 3 (step 54/2840)`` for step-based ones (Lightning's own label reads ``Epoch 3/-2`` when
+    ``max_epochs`` is -1, which is how a ``trainer.max_steps`` run is set up)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        text = f"Epoch {current_epoch}"
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            text += f" (step {trainer.global_step}/{trainer.max_steps})"
+        return text
 
 
 class EMA(Callback):

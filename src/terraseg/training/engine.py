@@ -403,10 +403,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         ConfigError / DataError: bad recipe or data, with the file and the problem.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from terraseg.training.callbacks import EMA, AtomicCheckpointIO, EpochSummary, RunCheckpoints
+    from terraseg.training.callbacks import EMA, AtomicCheckpointIO, EpochSummary, RunCheckpoints, TrainProgressBar
 
     t0 = time.perf_counter()
     run_dir = prepare_run_dir(cfg, resume, overwrite)
@@ -431,7 +431,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
             callbacks.append(early)
         callbacks.append(LearningRateMonitor(logging_interval="step"))
         if progress:
-            callbacks.append(RichProgressBar(leave=True))
+            callbacks.append(TrainProgressBar(leave=True))
         loggers = [CSVLogger(str(run_dir), name="", version="", flush_logs_every_n_steps=tr.log_every),
                    TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)]
         acc = accelerator or tr.accelerator
