@@ -57,7 +57,8 @@ _ARCHS: dict[str, ImageArch] = {a.name: a for a in (
     ImageArch("deeplabv3plus", "resnet50", "sharp boundaries from the stride-4 skip; robust on small datasets"),
     ImageArch("segformer", "mit_b2", "transformer encoder, good accuracy per FLOP, robust to domain shift"),
     ImageArch("fpn", "resnet50", "simple, fast multi-scale decoder; good default for thin structures"),
-    ImageArch("litefpn", "tu-mobilenetv3_large_100", "real-time on-robot inference (CPU / ONNX Runtime), stride-8 output",
+    ImageArch("litefpn", "tu-mobilenetv3_large_100", "real-time on-robot inference (CPU / ONNX Runtime), stride-8 output "
+              "(4 with output_stride=4)",
               options=("channels", "aux_channels", "dropout", "output_stride")),
     ImageArch("acfnet", "tu-efficientnet_b3", "ACF-Net with an EfficientNet encoder (reference 001); class-centre "
               "attention helps large uniform regions; coarse logits as aux", default_aux=True,

@@ -48,7 +48,8 @@ class LiteFPN(ImageSegmenter):
     """Light encoder + LR-ASPP context + FPN decoder; logits at stride 8 (or 4).
 
     Args:
-        encoder: an smp encoder with at least 5 stages (features at strides 8, 16, 32 used).
+        encoder: an smp encoder with at least 5 stages (features at strides 8, 16, 32 used, and 4
+            with ``output_stride=4``).
         num_classes: number of classes.
         channels: decoder width (96 keeps the decoder under ~10 % of the encoder's cost).
         aux: add an FCN auxiliary head on the stride-16 features (train mode only).
