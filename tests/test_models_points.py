@@ -461,3 +461,39 @@ def test_real_semantickitti_scan_both_models(shared_data: Path) -> None:
     pred = predict_scan(rnet, pts)
     assert pred.labels.shape == (123_389,) and (pred.source == SOURCE_NETWORK).all()
     assert pred.labels.min() >= 0 and pred.labels.max() < 20
+
+
+def test_randlanet_bn_momentum_reaches_every_batch_norm_and_is_validated() -> None:
+    from terraseg.models.points.randlanet import RandLANetConfig
+
+    def momenta(model: torch.nn.Module) -> set[float | None]:
+        return {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)}
+
+    default = build_point_model("randlanet", 5, preset="small")
+    assert default.config.bn_momentum == 0.1 and momenta(default) == {0.1}
+    slow = build_point_model("randlanet", 5, preset="small", bn_momentum=0.01)
+    assert momenta(slow) == {0.01}
+    assert build_point_model(**slow.spec).config.bn_momentum == 0.01  # kept in checkpoints
+    # a spec written before the field existed rebuilds with the default
+    old = {k: v for k, v in slow.spec.items() if k != "bn_momentum"}
+    assert momenta(build_point_model(**old)) == {0.1}
+    # the running statistics used at inference follow the weights' batch statistics within a few
+    # dozen steps with the default; the TF-style 0.01 is still far off after 60
+    cloud = randla_inputs(np.random.default_rng(0).normal(size=(512, 3)).astype(np.float32) * 5.0 + 20.0,
+                          k=8, ratios=(2, 2))
+
+    def lag(momentum: float) -> float:
+        torch.manual_seed(0)
+        model = build_point_model("randlanet", 5, preset="custom", d_out=(8, 16), ratios=(2, 2), k=8,
+                                  bn_momentum=momentum)
+        model.head[2].p = 0.0  # no dropout: train and eval modes differ only by the batch-norm statistics
+        with torch.no_grad():
+            for _ in range(60):
+                batch_stats = model(cloud)
+            model.eval()
+            running = model(cloud)
+        return float((running - batch_stats).abs().mean() / batch_stats.abs().mean())
+
+    assert lag(0.1) < 0.2 and lag(0.01) > 0.5
+    with pytest.raises(ConfigError, match=r"bn_momentum must be in \(0, 1\], got 0"):
+        RandLANetConfig(num_classes=3, bn_momentum=0.0)

@@ -38,7 +38,7 @@ from terraseg.errors import ConfigError, DataError
 
 LEAKY_SLOPE = 0.2  # tf.nn.leaky_relu default, used by the official implementation
 BN_EPS = 1e-6
-BN_MOMENTUM = 0.01  # TF batch-norm decay 0.99
+BN_MOMENTUM = 0.1  # running-statistics update rate (PyTorch's default); see RandLANetConfig.bn_momentum
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,12 @@ class RandLANetConfig:
         fc0_channels: width of the first per-point layer.
         head_channels: widths of the two MLPs of the segmentation head.
         dropout: dropout before the last layer.
+        bn_momentum: update rate of the batch-norm running statistics used at inference. The
+            official TensorFlow code uses decay 0.99 (momentum 0.01), an average over roughly
+            the last 100 steps. On a short run those statistics lag behind the weights: a
+            526-step simulator run scored 17.7 % mIoU on 20 validation scans with them and
+            30.6 % with statistics re-estimated on its final weights. 0.1 (PyTorch's default)
+            averages over roughly the last 10 steps.
         preset: name of the preset the config came from (informative).
     """
 
@@ -66,6 +72,7 @@ class RandLANetConfig:
     fc0_channels: int = 8
     head_channels: tuple[int, int] = (64, 32)
     dropout: float = 0.5
+    bn_momentum: float = BN_MOMENTUM
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -82,6 +89,8 @@ class RandLANetConfig:
                               f"{len(self.d_out)} levels")
         if self.k < 1 or self.fc0_channels < 1 or len(self.head_channels) != 2 or not 0 <= self.dropout < 1:
             raise ConfigError("RandLA-Net: k, fc0_channels must be >= 1, head_channels two widths, 0 <= dropout < 1")
+        if not 0 < self.bn_momentum <= 1:
+            raise ConfigError(f"RandLA-Net: bn_momentum must be in (0, 1], got {self.bn_momentum}")
 
     def to_dict(self) -> dict[str, object]:
         """Plain-type dict (for checkpoints); ``RandLANetConfig(**d)`` rebuilds it."""
@@ -297,6 +306,9 @@ class RandLANet(nn.Module):
             d_in = skip
         self.head = nn.Sequential(mlp(d_in, c.head_channels[0]), mlp(c.head_channels[0], c.head_channels[1]),
                                   nn.Dropout(c.dropout), nn.Linear(c.head_channels[1], c.num_classes))
+        for mod in self.modules():
+            if isinstance(mod, nn.BatchNorm1d):
+                mod.momentum = c.bn_momentum
 
     def _check(self, inputs: dict[str, object]) -> None:
         levels = len(self.config.d_out)
