@@ -25,6 +25,10 @@ Operations (each timed as one call of the public function, inputs prepared outsi
     tree build over all points plus a k=16 query of every point (``cKDTree``, workers=-1).
 ``nearest_labels k=1 (131k -> 30k)``
     back-projection: tree over a random 30k subset, 1-NN label for all 131k points.
+``knn k=16 (512 self)``, default and ``workers=2``
+    a query the size of RandLA-Net's deeper levels against a prebuilt tree: the default runs it
+    on one thread (``SERIAL_QUERY_POINTS``); the ratio of the two rows is the thread start-up
+    cost that this avoids.
 
 Each operation runs once to warm up, then ``--repeats`` times (default 7); the table gives the
 median and the minimum in milliseconds and the median throughput in million points per second.
@@ -51,6 +55,7 @@ from _synthetic import organized_scan
 
 from terraseg.frame import Calibration
 from terraseg.geometry import (
+    build_index,
     from_organized,
     knn,
     labels_from_image,
@@ -122,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     sub_labels = rng.integers(0, 20, len(sub)).astype(np.uint8)
     proj = project_points(pts, cal)
     point_labels = rng.integers(0, 20, n).astype(np.uint8)
+    small = pts[np.sort(rng.choice(n, 512, replace=False))]  # a RandLA-Net deep level: a few hundred points
+    small_index = build_index(small)
 
     print("LiDAR-camera geometry benchmark")
     print(f"  machine : {platform.machine()}, os.cpu_count()={os.cpu_count()}, sched_getaffinity="
@@ -141,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         ("from_organized 64x2048 (auto layout)", n, lambda: from_organized(pts, 64, 2048)),
         ("knn k=16 (131k self, incl. tree)", n, lambda: knn(pts, pts, k=16)),
         ("nearest_labels k=1 (131k -> 30k, incl. tree)", n, lambda: nearest_labels(pts, pts[sub], sub_labels)),
+        # small queries: the default (workers=-1) runs them on one thread, see SERIAL_QUERY_POINTS
+        ("knn k=16 (512 self, default: one thread)", 512, lambda: knn(small, small_index, k=16)),
+        ("knn k=16 (512 self, workers=2 threads)", 512, lambda: knn(small, small_index, k=16, workers=2)),
     ]
     w = max(len(name) for name, _, _ in ops)
     header = f"{'operation':<{w}}  {'median ms':>9}  {'min ms':>8}  {'Mpts/s':>7}"

@@ -18,6 +18,13 @@ from terraseg.geometry.projection import as_xyz
 
 Weights = Literal["uniform", "distance"]
 
+SERIAL_QUERY_POINTS = 2048
+"""``workers=-1`` queries with fewer points than this run on one thread: starting the query
+threads costs more than they save there (RandLA-Net's hierarchy of an 8,192-point crop, whose
+deeper levels and up-sampling misses are queries of 2-2,048 points, took 55-60 ms with every
+query threaded and 36-46 ms this way on the 2-core development machine, median of 20, two
+rounds; ``benchmarks/bench_geometry.py`` times one 512-point query both ways)."""
+
 
 @dataclass(frozen=True)
 class NeighborIndex:
@@ -122,7 +129,8 @@ def knn(query: np.ndarray, ref: np.ndarray | NeighborIndex, k: int = 1, max_dist
             :func:`build_index` (reuse it for several queries against the same points).
         k: number of neighbours.
         max_distance: neighbours farther than this are not returned.
-        workers: threads for the query (-1 = all cores).
+        workers: threads for the query (-1 = all cores, or one thread below
+            :data:`SERIAL_QUERY_POINTS` query points).
 
     Returns:
         ``(dist, idx)``: (M, k) float64 distances, ascending per row, and (M, k) int64 indices
@@ -139,6 +147,8 @@ def knn(query: np.ndarray, ref: np.ndarray | NeighborIndex, k: int = 1, max_dist
         return np.full((len(q), k), np.inf), np.full((len(q), k), -1, dtype=np.int64)
     tree = index.tree
     ku = min(k, tree.n) if index.members is not None else k
+    if workers == -1 and len(q) < SERIAL_QUERY_POINTS:
+        workers = 1
     dist, idx = tree.query(q, k=ku, distance_upper_bound=max_distance, workers=workers)
     dist = np.asarray(dist, dtype=np.float64).reshape(len(q), ku)
     idx = np.asarray(idx, dtype=np.int64).reshape(len(q), ku)
