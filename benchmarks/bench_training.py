@@ -38,7 +38,8 @@ Devices: the CPU (fp32, ``--threads`` threads, default all cores) by default; ``
 measures fp32 and autocast mixed precision (bf16 where supported, else fp16 with a gradient
 scaler), channels-last for the convolutional networks. ``--channels-last both`` adds a
 channels-last (NHWC) row after each NCHW row of a convolutional network, on either device (on
-the CPU, oneDNN's NHWC kernels make depthwise-heavy networks such as LiteFPN faster to train). Without CUDA it says so and exits 0.
+the CPU, oneDNN's NHWC kernels make depthwise-heavy networks such as LiteFPN faster to train).
+Without CUDA it says so and exits 0.
 
 Usage::
 

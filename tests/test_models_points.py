@@ -484,9 +484,9 @@ def test_randlanet_bn_momentum_reaches_every_batch_norm_and_is_validated() -> No
 
     def lag(momentum: float) -> float:
         torch.manual_seed(0)
+        # no dropout: train and eval modes differ only by the batch-norm statistics
         model = build_point_model("randlanet", 5, preset="custom", d_out=(8, 16), ratios=(2, 2), k=8,
-                                  bn_momentum=momentum)
-        model.head[2].p = 0.0  # no dropout: train and eval modes differ only by the batch-norm statistics
+                                  bn_momentum=momentum, dropout=0.0)
         with torch.no_grad():
             for _ in range(60):
                 batch_stats = model(cloud)
