@@ -497,3 +497,63 @@ def test_randlanet_bn_momentum_reaches_every_batch_norm_and_is_validated() -> No
     assert lag(0.1) < 0.2 and lag(0.01) > 0.5
     with pytest.raises(ConfigError, match=r"bn_momentum must be in \(0, 1\], got 0"):
         RandLANetConfig(num_classes=3, bn_momentum=0.0)
+
+
+def test_shared_mlp_input_norm_folds_and_standardises_each_channel() -> None:
+    torch.manual_seed(0)
+    scales = torch.tensor([50.0, 0.1, 1.0, 3.0, 1000.0])
+    x = torch.randn(4, 30, 5) * scales + torch.tensor([10.0, 0.0, 0.0, 5.0, -3.0])
+    m = SharedMLP(5, 7, bn=True, activation=None, in_norm=True)
+    assert m.in_bn is not None and not m.in_bn.affine  # parameter-free: no new weights to learn
+    m.train()
+    # training mode: each input channel is standardised, so rescaling one changes nothing
+    rescaled = x.clone()
+    rescaled[..., 4] *= 1e-3
+    rescaled[..., 0] += 100.0
+    torch.testing.assert_close(m(rescaled), m(x), rtol=1e-4, atol=1e-4)
+    plain = SharedMLP(5, 7, bn=True, activation=None)
+    assert (plain(rescaled) - plain(x)).abs().max() > 0.1
+    for _ in range(20):  # non-trivial running statistics
+        m(x)
+    m.bn.weight.data.uniform_(0.5, 2.0)
+    m.bn.bias.data.uniform_(-1.0, 1.0)
+    m.eval()
+    # eval: both batch norms folded into one matrix product, same function as applying them
+    expected = m.bn(m.linear(m.in_bn(x.reshape(-1, 5)))).reshape(4, 30, 7)
+    torch.testing.assert_close(m(x), expected, rtol=1e-4, atol=1e-4)
+    w, b = m.fused_weight()
+    assert w.shape == (7, 5) and b is not None and b.shape == (7,)
+
+
+def test_randlanet_input_norm_lets_the_local_shape_through() -> None:
+    from terraseg.models.points.randlanet import relative_position_encoding
+
+    off = build_point_model("randlanet", 5, preset="small", in_channels=4)
+    on = build_point_model("randlanet", 5, preset="small", in_channels=4, input_norm=True)
+    assert not off.config.input_norm and on.config.input_norm
+    normed = {n for n, m in on.named_modules() if isinstance(m, SharedMLP) and m.in_bn is not None}
+    assert normed == {"fc0"} | {f"encoder.{i}.lfa.pos1" for i in range(4)}
+    assert not any(m.in_bn is not None for m in off.modules() if isinstance(m, SharedMLP))
+    assert sum(p.numel() for p in on.parameters()) == sum(p.numel() for p in off.parameters())
+    assert build_point_model(**on.spec).config.input_norm  # kept in checkpoints
+    assert not build_point_model(**{k: v for k, v in on.spec.items() if k != "input_norm"}).config.input_norm
+    # The cloud spreads over metres while neighbours sit a fraction of a metre apart (as in a
+    # scan). Swap every point's offsets (distance and p_i - p_k) for another point's: without
+    # input_norm the position MLP barely notices, with it the local shape is much of its output.
+    pts = cloud(4096, 3)
+    inp = randla_inputs(pts[:, :3], pts, seed=0)
+    enc = relative_position_encoding(inp["xyz"][0][None], inp["neighbors"][0][None])
+    assert float(enc[..., 0].mean()) < 0.2 * float(inp["xyz"][0][:, :2].std(dim=0).min())  # 0.85 m vs 5.8 m
+    swapped = enc.clone()
+    swapped[..., :4] = enc[:, torch.randperm(enc.shape[1], generator=torch.Generator().manual_seed(0)), :, :4]
+
+    def change(input_norm: bool) -> float:
+        torch.manual_seed(1)  # same weights for both
+        pos1 = build_point_model("randlanet", 5, preset="small", in_channels=4,
+                                 input_norm=input_norm).encoder[0].lfa.pos1
+        pos1.train()
+        with torch.no_grad():
+            a, b = pos1(enc), pos1(swapped)
+        return float((a - b).abs().mean() / a.abs().mean())
+
+    assert change(False) < 0.2 and change(True) > 0.4 and change(True) > 4 * change(False)

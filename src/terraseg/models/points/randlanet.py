@@ -61,6 +61,13 @@ class RandLANetConfig:
             526-step simulator run scored 17.7 % mIoU on 20 validation scans with them and
             30.6 % with statistics re-estimated on its final weights. 0.1 (PyTorch's default)
             averages over roughly the last 10 steps.
+        input_norm: standardise each input channel of ``fc0`` (the point features) and of every
+            position-encoding MLP (``[||p_i - p_k||, p_i - p_k, p_i, p_k]``) with a parameter-free
+            batch norm before the linear layer. Not in the paper. There, absolute coordinates
+            (tens of metres) and neighbour offsets (centimetres to a metre) enter the same
+            linear layer, so the local shape is a tiny part of its output until the weights on
+            the offsets have grown by orders of magnitude, which a short run never reaches.
+            Folded into the linear layer at inference (no extra cost).
         preset: name of the preset the config came from (informative).
     """
 
@@ -73,6 +80,7 @@ class RandLANetConfig:
     head_channels: tuple[int, int] = (64, 32)
     dropout: float = 0.5
     bn_momentum: float = BN_MOMENTUM
+    input_norm: bool = False
     preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -112,18 +120,33 @@ class SharedMLP(nn.Module):
     """Linear layer over the last dimension, optional batch norm and activation.
 
     Input (..., C_in) -> output (..., C_out); batch norm statistics run over all leading dims.
+    ``in_norm`` adds a parameter-free batch norm on the *input* (each input channel to zero mean,
+    unit variance over the batch; running statistics at inference), for inputs whose channels
+    differ in scale by orders of magnitude (see :attr:`RandLANetConfig.input_norm`).
     """
 
-    def __init__(self, c_in: int, c_out: int, bn: bool = True, activation: nn.Module | None = None) -> None:
+    def __init__(self, c_in: int, c_out: int, bn: bool = True, activation: nn.Module | None = None,
+                 in_norm: bool = False) -> None:
         super().__init__()
+        self.in_bn = nn.BatchNorm1d(c_in, eps=BN_EPS, momentum=BN_MOMENTUM, affine=False) if in_norm else None
         self.linear = nn.Linear(c_in, c_out, bias=not bn)
         self.bn = nn.BatchNorm1d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM) if bn else None
         self.activation = activation
 
+    def _norms(self) -> list[nn.BatchNorm1d]:
+        return [n for n in (self.in_bn, self.bn) if n is not None]
+
     def fused_weight(self) -> tuple[Tensor, Tensor | None]:
-        """(weight (C_out, C_in), bias (C_out,) or None) of the linear layer with the batch norm's
+        """(weight (C_out, C_in), bias (C_out,) or None) of the linear layer with the batch norms'
         running statistics folded in (the eval-mode function, one matrix product)."""
         w, b = self.linear.weight, self.linear.bias
+        if self.in_bn is not None:  # W ((x - m) r) + b = (W r) x + (b - W (m r))
+            ib = self.in_bn
+            assert ib.running_var is not None and ib.running_mean is not None
+            r = torch.rsqrt(ib.running_var + ib.eps)
+            shift_in = -(w @ (ib.running_mean * r))
+            w = w * r[None, :]
+            b = shift_in if b is None else b + shift_in
         bn = self.bn
         if bn is None:
             return w, b
@@ -141,9 +164,14 @@ class SharedMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        if self.bn is not None and (self.training or not self.bn.track_running_stats):
-            y = self.bn(self.linear(x2))
-        else:  # eval: batch norm folded into the linear layer (same function, one pass less)
+        norms = self._norms()
+        if norms and (self.training or not all(n.track_running_stats for n in norms)):
+            if self.in_bn is not None:
+                x2 = self.in_bn(x2)
+            y = self.linear(x2)
+            if self.bn is not None:
+                y = self.bn(y)
+        else:  # eval (or no batch norm): batch norms folded into the linear layer, one pass
             w, b = self.fused_weight()
             y = nn.functional.linear(x2, w, b)
         if self.activation is not None:
@@ -151,9 +179,9 @@ class SharedMLP(nn.Module):
         return y.reshape(*lead, y.shape[-1])
 
 
-def mlp(c_in: int, c_out: int) -> SharedMLP:
+def mlp(c_in: int, c_out: int, in_norm: bool = False) -> SharedMLP:
     """Shared MLP with batch norm and ReLU (the official ``conv2d(..., bn=True)``)."""
-    return SharedMLP(c_in, c_out, bn=True, activation=nn.ReLU(inplace=True))
+    return SharedMLP(c_in, c_out, bn=True, activation=nn.ReLU(inplace=True), in_norm=in_norm)
 
 
 def gather(x: Tensor, idx: Tensor) -> Tensor:
@@ -229,10 +257,10 @@ class LocalFeatureAggregation(nn.Module):
     Input features (B, N, d/2), output (B, N, d).
     """
 
-    def __init__(self, d_out: int) -> None:
+    def __init__(self, d_out: int, input_norm: bool = False) -> None:
         super().__init__()
         half = d_out // 2
-        self.pos1 = mlp(10, half)
+        self.pos1 = mlp(10, half, in_norm=input_norm)
         self.att1 = AttentivePooling(2 * half, half)
         self.pos2 = mlp(half, half)
         self.att2 = AttentivePooling(2 * half, d_out)
@@ -247,10 +275,10 @@ class LocalFeatureAggregation(nn.Module):
 class DilatedResidualBlock(nn.Module):
     """(B, N, d_in) -> (B, N, 2 d_out): MLP, two LFA units, MLP, plus a shortcut, leaky ReLU."""
 
-    def __init__(self, d_in: int, d_out: int) -> None:
+    def __init__(self, d_in: int, d_out: int, input_norm: bool = False) -> None:
         super().__init__()
         self.mlp1 = mlp(d_in, d_out // 2)
-        self.lfa = LocalFeatureAggregation(d_out)
+        self.lfa = LocalFeatureAggregation(d_out, input_norm=input_norm)
         self.mlp2 = SharedMLP(d_out, 2 * d_out, bn=True, activation=None)
         self.shortcut = SharedMLP(d_in, 2 * d_out, bn=True, activation=None)
         self.act = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
@@ -290,12 +318,13 @@ class RandLANet(nn.Module):
         self.spec: dict[str, object] = {"arch": self.arch, **config.to_dict()}
         self.ontology: object | None = None
         c = config
-        self.fc0 = SharedMLP(c.in_channels, c.fc0_channels, bn=True, activation=nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
+        self.fc0 = SharedMLP(c.in_channels, c.fc0_channels, bn=True, activation=nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+                             in_norm=c.input_norm)
         self.encoder = nn.ModuleList()
         d_in = c.fc0_channels
         skip_channels = [2 * c.d_out[0]]
         for d in c.d_out:
-            self.encoder.append(DilatedResidualBlock(d_in, d))
+            self.encoder.append(DilatedResidualBlock(d_in, d, input_norm=c.input_norm))
             d_in = 2 * d
             skip_channels.append(d_in)
         self.bottom = mlp(d_in, d_in)
