@@ -370,3 +370,46 @@ def test_progress_bar_labels_epoch_and_step_runs() -> None:
     assert bar._get_train_description(3) == "Epoch 3 (step 54/2840)"
     bar._trainer = SimpleNamespace(max_epochs=200, max_steps=-1, global_step=54)  # type: ignore[assignment]
     assert bar._get_train_description(3) == "Epoch 3/199"
+
+
+# ------------------------------------------------------------------------------------- real data
+@pytest.mark.realdata
+def test_finetune_from_semantickitti_overfits_the_real_rellis_scan(shared_data: Path, tmp_path: Path) -> None:
+    """The issue's real-data check of the whole fine-tuning path: a SemanticKITTI RandLA-Net
+    checkpoint, the RELLIS-3D fine-tuning recipe and reader, class-row surgery, training and
+    validation. Overfitting one labelled Ouster scan (32 steps on 16,384-point crops, no
+    augmentation) must drive its mIoU up."""
+    from terraseg.models.points import build_point_model
+    from terraseg.models.surgery import read_checkpoint, save_checkpoint
+    from terraseg.ontology import get_ontology
+    from terraseg.training.engine import _Run, train
+
+    root = tmp_path / "rellis"
+    scan, labels = root / "00000" / "os1_cloud_node_kitti_bin", root / "00000" / "os1_cloud_node_semantickitti_label_id"
+    scan.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    os.symlink(shared_data / "rellis3d" / "000104.bin", scan / "000104.bin")
+    os.symlink(shared_data / "rellis3d" / "000104.label", labels / "000104.label")
+    line = "00000/os1_cloud_node_kitti_bin/000104.bin 00000/os1_cloud_node_semantickitti_label_id/000104.label\n"
+    (root / "pt_train.lst").write_text(line * 8)  # 8 random crops of the scan per epoch
+    (root / "pt_val.lst").write_text(line)
+
+    kitti, rellis = get_ontology("semantickitti"), get_ontology("rellis3d")
+    torch.manual_seed(0)
+    source = build_point_model("randlanet", kitti.max_id + 1, in_channels=3, preset="small")
+    weights = save_checkpoint(tmp_path / "kitti.pth", source, ontology=kitti)
+    cfg = load_config(REPO / "configs" / "rellis3d_randlanet_finetune.yaml", [
+        f"data.root={root}", f"model.weights={weights}", f"output={tmp_path / 'runs'}", "model.preset=small",
+        "data.max_points=16384", "data.batch_size=1", "data.num_workers=0", "data.cache=true",
+        "trainer.max_epochs=4", "trainer.val_every=2", "trainer.precision=32", "augment.enabled=false"])
+    # class-row surgery: RELLIS-3D "person" starts from the SemanticKITTI "person" row
+    start = _Run(cfg, Path(cfg.output), progress=False).model
+    assert start.num_classes == rellis.max_id + 1
+    torch.testing.assert_close(start.head[3].weight[rellis["person"].id], source.head[3].weight[kitti["person"].id])
+    torch.testing.assert_close(start.fc0.linear.weight, source.fc0.linear.weight)  # the body is copied whole
+    before = _untrained_miou(cfg)
+    res = train(cfg, progress=False)
+    assert res.steps == 32
+    assert res.best_miou > before + 8.0, (before, res.best_miou)  # measured: 0.5 -> 13.9 %
+    ck = read_checkpoint(res.best_checkpoint)
+    assert ck.ontology is not None and ck.ontology.name == "rellis3d" and ck.spec["arch"] == "randlanet"
