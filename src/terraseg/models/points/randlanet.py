@@ -17,9 +17,13 @@ Faithful to the paper and the official TensorFlow implementation (QingyongHu/Ran
   encoder's skip features and an MLP back to the skip width.
 - Head: MLP 64, MLP 32, dropout 0.5, linear to the classes (logits, no softmax).
 
-Shared MLPs are a linear layer (no bias) + batch norm (eps 1e-6, momentum 0.01 = TF decay 0.99)
-+ ReLU, as the official ``conv2d(..., bn=True)``. Features are channels-last: (B, N, C), and
-(B, N, K, C) for neighbourhoods; every batch norm normalises over all leading dimensions.
+Shared MLPs are a linear layer (no bias) + batch norm (eps 1e-6) + ReLU, as the official
+``conv2d(..., bn=True)``. Features are channels-last: (B, N, C), and (B, N, K, C) for
+neighbourhoods; every batch norm normalises over all leading dimensions.
+
+Two departures, both config fields: the batch norms' momentum is 0.1 by default (the official
+TF decay 0.99 is ``bn_momentum=0.01``), and ``input_norm=True`` (off by default) standardises
+the inputs of ``fc0`` and of the position-encoding MLPs; see :class:`RandLANetConfig`.
 
 Widths: ``d_out = (16, 64, 128, 256)`` (the SemanticKITTI configuration) gives encoder outputs
 of 32, 128, 256 and 512 channels at N, N/4, N/16, N/64 points and a 512-channel bottom at N/256,
