@@ -139,18 +139,23 @@ def test_attentive_pooling_fast_path_equals_reference() -> None:
         torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_shared_mlp_eval_folds_batch_norm() -> None:
+@pytest.mark.parametrize("in_norm", [False, True])
+def test_shared_mlp_eval_folds_batch_norm(in_norm: bool) -> None:
     torch.manual_seed(0)
-    m = SharedMLP(5, 7, bn=True, activation=None)
-    x = torch.randn(4, 30, 5) * 3 + 1
+    m = SharedMLP(5, 7, bn=True, activation=None, in_norm=in_norm)
+    x = torch.randn(4, 30, 5) * torch.tensor([50.0, 0.1, 1.0, 3.0, 1000.0]) + torch.tensor([10.0, 0.0, 0.0, 5.0, -3.0])
     m.train()
     for _ in range(20):  # give the running statistics non-trivial values
         m(x)
     m.bn.weight.data.uniform_(0.5, 2.0)
     m.bn.bias.data.uniform_(-1.0, 1.0)
     m.eval()
-    expected = m.bn(m.linear(x.reshape(-1, 5))).reshape(4, 30, 7)
+    # eval: the batch norms folded into one matrix product, the same function as applying them
+    x2 = x.reshape(-1, 5)
+    expected = m.bn(m.linear(m.in_bn(x2) if in_norm else x2)).reshape(4, 30, 7)
     torch.testing.assert_close(m(x), expected, rtol=1e-5, atol=1e-5)
+    w, b = m.fused_weight()
+    assert w.shape == (7, 5) and b is not None and b.shape == (7,)
 
 
 def test_randlanet_shapes_batching_and_gradients() -> None:
@@ -499,7 +504,7 @@ def test_randlanet_bn_momentum_reaches_every_batch_norm_and_is_validated() -> No
         RandLANetConfig(num_classes=3, bn_momentum=0.0)
 
 
-def test_shared_mlp_input_norm_folds_and_standardises_each_channel() -> None:
+def test_shared_mlp_input_norm_standardises_each_channel() -> None:
     torch.manual_seed(0)
     scales = torch.tensor([50.0, 0.1, 1.0, 3.0, 1000.0])
     x = torch.randn(4, 30, 5) * scales + torch.tensor([10.0, 0.0, 0.0, 5.0, -3.0])
@@ -513,16 +518,6 @@ def test_shared_mlp_input_norm_folds_and_standardises_each_channel() -> None:
     torch.testing.assert_close(m(rescaled), m(x), rtol=1e-4, atol=1e-4)
     plain = SharedMLP(5, 7, bn=True, activation=None)
     assert (plain(rescaled) - plain(x)).abs().max() > 0.1
-    for _ in range(20):  # non-trivial running statistics
-        m(x)
-    m.bn.weight.data.uniform_(0.5, 2.0)
-    m.bn.bias.data.uniform_(-1.0, 1.0)
-    m.eval()
-    # eval: both batch norms folded into one matrix product, same function as applying them
-    expected = m.bn(m.linear(m.in_bn(x.reshape(-1, 5)))).reshape(4, 30, 7)
-    torch.testing.assert_close(m(x), expected, rtol=1e-4, atol=1e-4)
-    w, b = m.fused_weight()
-    assert w.shape == (7, 5) and b is not None and b.shape == (7,)
 
 
 def test_randlanet_input_norm_lets_the_local_shape_through() -> None:
