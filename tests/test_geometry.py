@@ -542,6 +542,64 @@ def test_from_organized_equals_a_point_by_point_fill_and_streams_decide_the_layo
     assert pred(col_major).labels.shape == (8 * 256,)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels", [3, 4, 5])
+def test_from_organized_compiled_pass_equals_the_numpy_path(monkeypatch: pytest.MonkeyPatch, dtype: type,
+                                                            channels: int) -> None:
+    import terraseg.geometry.range_image as ri
+
+    if not ri._HAVE_NUMBA:
+        pytest.skip("numba is not importable: only the numpy path exists")
+    rng = np.random.default_rng(3)
+    h, w = 7, 96
+    pts = (rng.normal(size=(h * w, channels)) * 20).astype(dtype)
+    pts[::6, :3] = 0.0  # no returns
+    pts[5, 0], pts[9, 2], pts[11, 1] = np.nan, np.inf, -np.inf
+    pts[13, :3] = 4e-4  # inside min_range
+    if channels > 3:
+        pts[17, 3] = np.nan  # a return whose intensity is NaN keeps it
+    for layout in ("row-major", "column-major"):
+        for flip in (False, True):
+            fast = ri.from_organized(pts, h, w, layout=layout, flip_rows=flip, source="scan")
+            with monkeypatch.context() as m:
+                m.setattr(ri, "_HAVE_NUMBA", False)
+                ref = ri.from_organized(pts, h, w, layout=layout, flip_rows=flip, source="scan")
+            for name in ("range", "xyz", "intensity", "mask", "index", "point_row", "point_col"):
+                a, b = getattr(fast, name), getattr(ref, name)
+                if b is None:
+                    assert a is None, name
+                    continue
+                assert a.dtype == b.dtype and a.shape == b.shape, name
+                np.testing.assert_array_equal(a, b, err_msg=name)
+            assert fast.mask.sum() == h * w - len(range(0, h * w, 6)) - 4
+    with pytest.raises(DataError, match="scan.bin: 100 points is not an organised 7 x 96 scan"):
+        ri.from_organized(pts[:100], h, w, layout="row-major", flip_rows=False, source="scan.bin")
+    with pytest.raises(DataError, match="scan.bin: expected an"):
+        ri.from_organized(pts[:, :2], h, w, layout="row-major", flip_rows=False, source="scan.bin")
+
+
+def test_organised_range_predictor_labels_no_return_points_with_fill() -> None:
+    import torch
+
+    from terraseg.models.points import OrganizedLayout, RangePredictor, build_point_model
+    from terraseg.models.points.range_post import SOURCE_NETWORK, SOURCE_NONE
+
+    org = make_organized(8, 256, ELEV8, OFF8)
+    pts = org.reshape(-1, 4).copy()
+    pts[3] = np.nan
+    empty = ~(np.isfinite(pts[:, :3]).all(1) & (np.linalg.norm(np.nan_to_num(pts[:, :3]), axis=1) > 1e-3))
+    assert 0 < empty.sum() < len(pts)
+    torch.manual_seed(0)
+    net = build_point_model("salsanext", 20, preset="tiny")
+    pred = RangePredictor(net, projection=OrganizedLayout(8, 256), probabilities=False, fill=19)
+    out = pred(pts)
+    assert (out.labels[empty] == 19).all() and (out.source[empty] == SOURCE_NONE).all()
+    assert (out.source[~empty] == SOURCE_NETWORK).all()
+    image = pred.project(pts)
+    labels_img = pred.predict_labels(image)
+    np.testing.assert_array_equal(out.labels[~empty], labels_img[image.point_row[~empty], image.point_col[~empty]])
+
+
 def test_fit_projection_reproduces_organised_layout() -> None:
     org = make_organized(8, 256, ELEV8, OFF8, seed=1).reshape(-1, 4)
     ref = from_organized(org, 8, 256)

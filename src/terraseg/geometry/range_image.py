@@ -46,6 +46,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -56,6 +57,13 @@ from terraseg.geometry.projection import as_xyz
 from terraseg.geometry.transfer import zbuffer_winners
 
 Layout = Literal["auto", "row-major", "column-major"]
+
+try:  # numba is a dependency; without it from_organized takes its numpy path (same result, slower)
+    from numba import njit
+
+    _HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only without numba
+    _HAVE_NUMBA = False
 
 # Per-beam elevations (degrees, top to bottom) and azimuth offsets (degrees, added to the
 # column's nominal yaw) of the RELLIS-3D Ouster OS1-64, measured from its organised scan
@@ -476,10 +484,17 @@ def from_organized(points: np.ndarray, height: int, width: int, layout: Layout =
     Returns:
         A :class:`RangeImage` (``config`` None) in which pixel (r, c) holds the sensor's point.
         Every pixel is filled by gathering through a cached pixel -> point table (each point
-        owns exactly one pixel), so a stream that passes the concrete ``layout`` and
-        ``flip_rows`` (:func:`organized_layout`) pays a few milliseconds per 131k-point scan.
+        owns exactly one pixel). A stream that passes the concrete ``layout`` and ``flip_rows``
+        (:func:`organized_layout`) of float32 / float64 points gets all arrays from one compiled
+        (numba) pass over the pixels, about 1 ms per 131k-point scan; the result is the same
+        value for value.
     """
     _check_organized_args(height, width, layout, source)
+    if layout != "auto" and flip_rows is not None and _HAVE_NUMBA:
+        as_xyz(points, source)  # shape and dtype checks
+        arr = np.asarray(points)
+        if arr.dtype in (np.float32, np.float64):  # the stream path: one compiled pass, no float64 copy
+            return _organized_numba(arr, height, width, layout, bool(flip_rows), min_range, source)
     xyz, inten = _split_points(points, source)
     rng, ok = _organized_range(xyz, height, width, min_range, source)
     layout, flip = _resolve_layout(xyz, ok, height, width, layout, flip_rows)
@@ -493,6 +508,57 @@ def from_organized(points: np.ndarray, height: int, width: int, layout: Layout =
     return RangeImage(range=rimg.reshape(height, width), xyz=ximg.reshape(height, width, 3), intensity=iimg,
                       mask=ok_px.reshape(height, width), index=index.reshape(height, width),
                       point_row=np.where(ok, row, -1), point_col=np.where(ok, col, -1), config=None)
+
+
+if _HAVE_NUMBA:
+
+    @njit(cache=True, nogil=True)
+    def _organized_kernel(points: np.ndarray, pix: np.ndarray, width: int, min_range: float, rimg: np.ndarray,
+                          ximg: np.ndarray, iimg: np.ndarray, index: np.ndarray, point_row: np.ndarray,
+                          point_col: np.ndarray) -> None:  # pragma: no cover - compiled
+        with_intensity = points.shape[1] >= 4
+        for p in range(pix.shape[0]):
+            i = pix[p]
+            x, y, z = np.float64(points[i, 0]), np.float64(points[i, 1]), np.float64(points[i, 2])
+            r = math.sqrt(x * x + y * y + z * z)
+            if math.isfinite(r) and r > min_range:
+                rimg[p] = r
+                ximg[p, 0], ximg[p, 1], ximg[p, 2] = x, y, z
+                if with_intensity:
+                    iimg[p] = points[i, 3]
+                index[p] = i
+                point_row[i], point_col[i] = p // width, p % width
+            else:
+                rimg[p] = 0.0
+                ximg[p, 0], ximg[p, 1], ximg[p, 2] = 0.0, 0.0, 0.0
+                if with_intensity:
+                    iimg[p] = 0.0
+                index[p] = -1
+                point_row[i], point_col[i] = -1, -1
+
+
+def _organized_numba(points: np.ndarray, height: int, width: int, layout: str, flip: bool, min_range: float,
+                     source: str) -> RangeImage:
+    """:func:`from_organized` of a float scan with a known layout in one compiled pass over the
+    pixels (the numpy path's result, value for value: range from float64 coordinates, stored as
+    float32)."""
+    n = len(points)
+    if n != height * width:
+        raise DataError(f"{source}: {n} points is not an organised {height} x {width} scan ({height * width} points)")
+    pix = _organized_grid(height, width, layout, flip)[0]
+    hw = height * width
+    rimg = np.empty(hw, dtype=np.float32)
+    ximg = np.empty((hw, 3), dtype=np.float32)
+    with_intensity = points.shape[1] >= 4
+    iimg = np.empty(hw if with_intensity else 0, dtype=np.float32)
+    index = np.empty(hw, dtype=np.int64)
+    point_row = np.empty(n, dtype=np.int64)
+    point_col = np.empty(n, dtype=np.int64)
+    _organized_kernel(points, pix, int(width), float(min_range), rimg, ximg, iimg, index, point_row, point_col)
+    return RangeImage(range=rimg.reshape(height, width), xyz=ximg.reshape(height, width, 3),
+                      intensity=iimg.reshape(height, width) if with_intensity else None,
+                      mask=(index >= 0).reshape(height, width), index=index.reshape(height, width),
+                      point_row=point_row, point_col=point_col, config=None)
 
 
 def fit_projection(organized: RangeImage, name: str = "fitted", **overrides: Any) -> RangeProjection:

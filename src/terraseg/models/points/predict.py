@@ -93,11 +93,16 @@ class OrganizedLayout:
 Projection = RangeProjection | OrganizedLayout | str
 
 
-def _points(points: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 array (N, C>=3), valid (N,) bool) of a scan."""
+def _float_points(points: np.ndarray, source: str) -> np.ndarray:
+    """The float32 (N, C>=3) array of a scan (no copy when it already is one)."""
     arr = np.asarray(points)
     as_xyz(arr, source)
-    arr = arr.astype(np.float32, copy=False)
+    return arr.astype(np.float32, copy=False)
+
+
+def _points(points: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 array (N, C>=3), valid (N,) bool) of a scan."""
+    arr = _float_points(points, source)
     xyz = arr[:, :3]
     with np.errstate(invalid="ignore", over="ignore"):
         rng2 = np.einsum("ij,ij->i", xyz, xyz, dtype=np.float64)
@@ -266,8 +271,14 @@ class RangePredictor:
 
     def __call__(self, points: np.ndarray) -> ScanPrediction:
         t0 = time.perf_counter()
-        arr, valid = _points(points, self.source)
-        image = self.project(arr)
+        if isinstance(self.projection, OrganizedLayout):
+            # the organised projection already tells every point's return (its row is -1 without)
+            arr = _float_points(points, self.source)
+            image = self.project(arr)
+            valid = image.point_row >= 0
+        else:
+            arr, valid = _points(points, self.source)
+            image = self.project(arr)
         t1 = time.perf_counter()
         if self.probabilities:
             pixel_labels, pixel_probs = self.predict_image(image)
