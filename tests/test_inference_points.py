@@ -342,3 +342,50 @@ def test_export_and_load_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"junk\.onnx: cannot load the ONNX model"):
         OrtRangePredictor(tmp_path / "junk.onnx", projection=PROJ)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.onnx"]
+
+
+def _organised_scan(h: int, w: int, seed: int) -> np.ndarray:
+    """(h * w, 4) float32 organised scan stored column by column, bottom beam first (both must
+    be detected), ~15 % no-return zero points."""
+    rng = np.random.default_rng(seed)
+    el = np.radians(np.linspace(-15.0, 15.0, h))[:, None]
+    yaw = np.radians(-np.arange(w) * 360.0 / w)[None, :]
+    r = rng.uniform(3.0, 40.0, (h, w))
+    pts = np.stack([r * np.cos(el) * np.cos(yaw), r * np.cos(el) * np.sin(yaw), r * np.sin(el) + 0 * yaw,
+                    rng.uniform(0, 1, (h, w))], axis=-1)
+    pts[rng.random((h, w)) < 0.15] = 0.0
+    return pts.transpose(1, 0, 2).reshape(-1, 4).astype(np.float32)
+
+
+def test_scan_predictor_keeps_one_range_predictor_and_labels_only_on_request(tmp_path: Path) -> None:
+    from terraseg.inference.models import load_model
+    from terraseg.inference.runtime import load_backend
+    from terraseg.inference.scans import scan_predictor
+    from terraseg.models.points import OrganizedLayout
+    from terraseg.models.surgery import save_checkpoint
+    from terraseg.ontology import get_ontology
+
+    onto = get_ontology("sim")
+    torch.manual_seed(0)
+    model = build_point_model("salsanext", onto.num_classes, preset="tiny").eval()
+    ckpt = save_checkpoint(tmp_path / "salsa.pth", model, ontology=onto,
+                           meta={"preprocess": {"projection": "organized:8x256"}})
+    scans = [_organised_scan(8, 256, s) for s in (1, 2)]
+    predict = scan_predictor(load_model(ckpt))
+    assert isinstance(predict, RangePredictor) and predict.probabilities
+    first = predict(scans[0])
+    # the layout (column-major, bottom beam first) was decided once, on the first scan
+    assert predict._layouts == {OrganizedLayout(8, 256): ("column-major", True)}
+    for pts in scans:
+        out = predict(pts)
+        ref = predict_scan(model, pts, projection=OrganizedLayout(8, 256))
+        np.testing.assert_array_equal(out.labels, ref.labels)
+        np.testing.assert_allclose(out.probabilities, ref.probabilities, rtol=1e-6, atol=1e-7)
+    empty = np.linalg.norm(scans[0][:, :3], axis=1) == 0
+    assert (first.source[empty] == SOURCE_NONE).all() and (first.source[~empty] == SOURCE_NETWORK).all()
+    labels_only = scan_predictor(load_model(ckpt), probabilities=False)(scans[0])
+    assert labels_only.probabilities is None
+    np.testing.assert_array_equal(labels_only.labels, first.labels)
+    # the runtime's PyTorch LiDAR backend asks for probabilities only when scores are wanted
+    assert load_backend(ckpt, device="cpu").predict_fn.probabilities is False
+    assert load_backend(ckpt, device="cpu", scores=True).predict_fn.probabilities is True

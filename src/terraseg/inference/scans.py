@@ -31,9 +31,12 @@ def resolve_projection(value: str | None, meta: dict[str, Any]) -> Any:
 
 
 def scan_predictor(loaded: LoadedModel, *, projection: str | None = None, regular: bool = False,
-                   num_points: int = 45056, device: Any = None, seed: int = 0
+                   num_points: int = 45056, device: Any = None, seed: int = 0, probabilities: bool = True
                    ) -> Callable[[np.ndarray], ScanPrediction]:
     """``predict(points (N, C) float32) -> ScanPrediction`` for a LiDAR checkpoint.
+
+    One predictor serves every scan: a range network's organised layout (row order, flip) is
+    decided on the first scan and reused, as for a stream from one sensor.
 
     Args:
         loaded: from :func:`terraseg.inference.load_model` (task ``points``).
@@ -42,8 +45,10 @@ def scan_predictor(loaded: LoadedModel, *, projection: str | None = None, regula
         regular: RandLA-Net: spatially regular crops of ``num_points`` until every point is
             visited (Open3D-ML's test procedure) instead of one pass over the whole scan.
         device: where to run (default: CPU, or the model's device).
+        probabilities: range networks: also return per-point class probabilities (False: labels
+            only, no softmax; ``ScanPrediction.probabilities`` is None). RandLA-Net always returns them.
     """
-    from terraseg.models.points import RandLANet, SalsaNext, predict_scan
+    from terraseg.models.points import RandLANet, RandLAPredictor, RangePredictor, SalsaNext
 
     model = loaded.model
     if device is not None:
@@ -53,12 +58,12 @@ def scan_predictor(loaded: LoadedModel, *, projection: str | None = None, regula
             from terraseg.inference.points import predict_scan_regular
 
             return lambda pts: predict_scan_regular(model, pts, num_points=num_points, seed=seed, recenter="none")
-        return lambda pts: predict_scan(model, pts, seed=seed)
+        return RandLAPredictor(model, seed=seed)
     if isinstance(model, SalsaNext):
         if regular:
             raise ConfigError("--regular applies to RandLA-Net only (range networks see the whole scan at once)")
-        proj = resolve_projection(projection, loaded.meta)
-        return lambda pts: predict_scan(model, pts, projection=proj)
+        return RangePredictor(model, projection=resolve_projection(projection, loaded.meta),
+                              probabilities=probabilities)
     raise ConfigError(f"{loaded.path}: not a LiDAR model ({type(model).__name__})")
 
 

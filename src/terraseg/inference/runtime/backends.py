@@ -386,7 +386,7 @@ def load_backend(path: str | os.PathLike[str], kind: StreamKind | None = None, *
     dev = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if amp:
         raise ConfigError(f"{p}: --amp applies to camera models")
-    fn = scan_predictor(loaded, projection=projection, device=dev)
+    fn = scan_predictor(loaded, projection=projection, device=dev, probabilities=scores)
     return ScanBackend(fn, loaded.ontology, name=f"pytorch:{dev}", scores=scores, model_path=p)
 
 
