@@ -548,8 +548,7 @@ def test_from_organized_compiled_pass_equals_the_numpy_path(monkeypatch: pytest.
                                                             channels: int) -> None:
     import terraseg.geometry.range_image as ri
 
-    if not ri._HAVE_NUMBA:
-        pytest.skip("numba is not importable: only the numpy path exists")
+    assert ri._HAVE_NUMBA, "numba is a dependency (pyproject.toml) but is not importable"
     rng = np.random.default_rng(3)
     h, w = 7, 96
     pts = (rng.normal(size=(h * w, channels)) * 20).astype(dtype)

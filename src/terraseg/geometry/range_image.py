@@ -412,12 +412,15 @@ def _check_organized_args(height: int, width: int, layout: str, source: str) -> 
         raise DataError(f"{source}: layout must be auto, row-major or column-major, got {layout!r}")
 
 
+def _check_point_count(n: int, height: int, width: int, source: str) -> None:
+    if n != height * width:
+        raise DataError(f"{source}: {n} points is not an organised {height} x {width} scan ({height * width} points)")
+
+
 def _organized_range(xyz: np.ndarray, height: int, width: int, min_range: float, source: str
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(range (N,) float64, return flags (N,) bool) of an organised scan's float64 xyz."""
-    n = len(xyz)
-    if n != height * width:
-        raise DataError(f"{source}: {n} points is not an organised {height} x {width} scan ({height * width} points)")
+    _check_point_count(len(xyz), height, width, source)
     with np.errstate(invalid="ignore"):
         rng = np.sqrt(np.einsum("ij,ij->i", xyz, xyz))
         ok = np.isfinite(rng) & (rng > min_range)
@@ -486,8 +489,8 @@ def from_organized(points: np.ndarray, height: int, width: int, layout: Layout =
         Every pixel is filled by gathering through a cached pixel -> point table (each point
         owns exactly one pixel). A stream that passes the concrete ``layout`` and ``flip_rows``
         (:func:`organized_layout`) of float32 / float64 points gets all arrays from one compiled
-        (numba) pass over the pixels, about 1 ms per 131k-point scan; the result is the same
-        value for value.
+        (numba) pass over the pixels, about 3 ms per 131k-point scan (12 ms with numpy), with
+        the same arrays, value for value.
     """
     _check_organized_args(height, width, layout, source)
     if layout != "auto" and flip_rows is not None and _HAVE_NUMBA:
@@ -543,8 +546,7 @@ def _organized_numba(points: np.ndarray, height: int, width: int, layout: str, f
     pixels (the numpy path's result, value for value: range from float64 coordinates, stored as
     float32)."""
     n = len(points)
-    if n != height * width:
-        raise DataError(f"{source}: {n} points is not an organised {height} x {width} scan ({height * width} points)")
+    _check_point_count(n, height, width, source)
     pix = _organized_grid(height, width, layout, flip)[0]
     hw = height * width
     rimg = np.empty(hw, dtype=np.float32)
