@@ -9,7 +9,9 @@ sorted; a stem keeps the relative sub-path, ``"scene_a/000123"``) or a video fil
     DIR/overlay/<stem>.jpg    the image blended with the colour mask
     DIR/ontology.yaml         the ontology (written once), so DIR/ids can be read back
 
-:class:`OverlayVideoWriter` writes overlays as one video. Every file is written atomically.
+:class:`OverlayVideoWriter` writes overlays as one video. Every file is written atomically, and a
+new writer first removes the temporaries an interrupted run left in these folders
+(:func:`terraseg.io.atomic.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from types import TracebackType
 import numpy as np
 
 from terraseg.errors import ConfigError, DataError
-from terraseg.io.atomic import atomic_path
+from terraseg.io.atomic import atomic_path, remove_stale_temporaries
 from terraseg.io.images import read_image, write_image
 from terraseg.io.labels import write_color_png, write_label_png
 from terraseg.io.palette import write_palette
@@ -113,14 +115,28 @@ def iter_inputs(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray]
     if kind == "video":
         _open_video(p).release()
         return _iter_video(p)
-    files = [p] if kind == "image" else _list_images(p)
-    root = p.parent if kind == "image" else p
+    files = list_images(p)
 
     def gen() -> Iterator[tuple[str, np.ndarray]]:
-        for f in files:
-            yield f.relative_to(root).with_suffix("").as_posix(), read_image(f)
+        for stem, f in files:
+            yield stem, read_image(f)
 
     return gen()
+
+
+def list_images(path: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """``(stem, file)`` of an image file or of every image in a folder, as :func:`iter_inputs`
+    names them, without reading them (so that a caller can skip an unreadable one).
+
+    Raises:
+        DataError: a missing path, a video or unknown suffix, an empty folder, two images with one stem.
+    """
+    p = Path(path)
+    kind = _classify(p)
+    if kind == "video":
+        raise DataError(f"{p}: a video, not an image or a folder of images")
+    root = p.parent if kind == "image" else p
+    return [(f.relative_to(root).with_suffix("").as_posix(), f) for f in ([p] if kind == "image" else _list_images(p))]
 
 
 def count_inputs(path: str | os.PathLike[str]) -> int | None:
@@ -193,6 +209,10 @@ class PredictionWriter:
         self.alpha = float(alpha)
         self.jpeg_quality = int(jpeg_quality)
         self.count = 0
+        # leftovers of an interrupted run into the same folder (.<stem>.<pid>-<random>.tmp.png ...)
+        remove_stale_temporaries(self.out_dir)
+        for sub in ("ids", "color", "overlay"):
+            remove_stale_temporaries(self.out_dir / sub, recursive=True)
 
     def paths(self, stem: str) -> dict[str, Path]:
         """The files :meth:`write` produces for ``stem`` (only the enabled kinds)."""

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from terraseg.io.atomic import atomic_path, atomic_write_text
+from terraseg.io.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 from terraseg.models.surgery import save_checkpoint
 
 
@@ -118,6 +118,8 @@ class RunCheckpoints(Callback):
                  every_steps: int | None = None, min_delta: float = 0.0) -> None:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        for folder in (self.run_dir, self.ckpt_dir):  # .last.<pid>-<random>.tmp.ckpt of a killed run
+            remove_stale_temporaries(folder)
         self.meta = meta
         self.ema = ema
         self.every_steps = every_steps

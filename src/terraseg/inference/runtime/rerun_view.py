@@ -27,8 +27,10 @@ timestamp when it looks like Unix time, else a duration from the source's origin
 (``SensorMessage.seq``); Rerun adds ``log_time`` (wall clock).
 
 Outputs (at least one is required): ``save`` writes an ``.rrd`` file atomically (recorded under a
-temporary name next to it and renamed on :meth:`RerunSink.close`; :meth:`RerunSink.abort` or an
-exception in a ``with`` block leaves nothing); ``serve`` starts a gRPC server and the web viewer
+temporary name next to it, ``.<stem>.<pid>-<random>.tmp.rrd``, and renamed on
+:meth:`RerunSink.close` with the mode a plain ``open()`` gives, like :mod:`terraseg.io.atomic`'s
+files; :meth:`RerunSink.abort` or an exception in a ``with`` block leaves nothing, and the
+temporaries of killed runs are removed when the next recording into that folder starts); ``serve`` starts a gRPC server and the web viewer
 on 127.0.0.1 only (the ``rerun`` executable of the wheel, ``--bind 127.0.0.1``) and prints the
 URL; ``spawn`` opens the native viewer (also bound to 127.0.0.1). No other network connection is
 made. The viewer processes honour ``RERUN_ANALYTICS`` (set to ``0`` for them unless already set).
@@ -63,6 +65,7 @@ import numpy as np
 
 from terraseg.errors import ConfigError, DataError, TerrasegError
 from terraseg.inference.runtime.types import Prediction, SensorMessage
+from terraseg.io.atomic import finalize_mode, make_temporary, remove_stale_temporaries
 from terraseg.ontology import Ontology
 
 DEFAULT_GRPC_PORT = 9876
@@ -382,10 +385,8 @@ class RerunSink:
             if self.grpc_url is not None:
                 sinks.append(rr.GrpcSink(self.grpc_url))
             if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd, name = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".tmp.rrd", dir=self.path.parent)
-                os.close(fd)
-                self._tmp = Path(name)
+                remove_stale_temporaries(self.path.parent)  # .rrd files of killed runs
+                self._tmp = make_temporary(self.path)
                 sinks.append(rr.FileSink(str(self._tmp)))
             self._finalizer = weakref.finalize(self, _cleanup, self._tmp, list(self._procs))
             self.rec.set_sinks(*sinks, default_blueprint=self._make_blueprint() if blueprint else None)
@@ -456,6 +457,7 @@ class RerunSink:
                     log.warning("Rerun: %s", exc)
                 self.rec.disconnect()  # writes the .rrd footer and closes the file
                 if self._tmp is not None and self.path is not None:
+                    finalize_mode(self._tmp, self.path)  # mkstemp's 0600 -> what a plain open() gives
                     os.replace(self._tmp, self.path)
                     self._tmp = None
             finally:
