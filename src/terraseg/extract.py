@@ -16,9 +16,9 @@ writes one file per stream and frame, and describes the run in an :class:`Extrac
 
 Stems are the frame's stamp, ``<sec>_<nanosec>`` zero padded to 10 + 9 digits (for example
 ``1581624663_149000000``), so output is idempotent: a re-run rewrites nothing that is already complete
-(identical bytes, unchanged mtimes), an interrupted run resumes where it stopped, and every
-file is written atomically. Files of frames that a later run with other options no longer
-keeps are left in place.
+(identical bytes, unchanged mtimes), an interrupted run resumes where it stopped (and the
+temporaries it was writing are removed), and every file is written atomically. Files of frames
+that a later run with other options no longer keeps are left in place.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import yaml
 from terraseg.datasets.base import SPLITS
 from terraseg.errors import ConfigError, DataError
 from terraseg.frame import Calibration
-from terraseg.io.atomic import atomic_write_bytes
+from terraseg.io.atomic import atomic_write_bytes, remove_stale_temporaries
 from terraseg.io.bags.decode import (
     CAMERA_INFO,
     COMPRESSED_IMAGE,
@@ -501,9 +501,10 @@ def extract_bag(bag: str | os.PathLike[str], out_dir: str | os.PathLike[str], im
             palette colours decoded with ``ontology`` (unknown colours are errors).
         ontology: ontology (name, YAML path or object): ids are checked against it and it is
             written to ``ontology.yaml``. Required for ``mask_mode="color"``.
-        skip_bad: skip messages that fail to decode (their frames are dropped and listed in
-            ``skipped.txt``); without it the first bad message raises :class:`DataError`
-            naming the bag, topic, message index and the problem.
+        skip_bad: skip messages that fail to decode and corrupted MCAP chunks (their frames are
+            dropped and listed in ``skipped.txt``, a warning names each chunk); without it the
+            first bad message or chunk raises :class:`DataError` naming the bag, topic, message
+            index (or chunk) and the problem.
         progress: show progress bars.
         time_source: ``header`` (``header.stamp``) or ``receive`` (bag record time, for bags
             whose header stamps are unset).
@@ -547,11 +548,14 @@ def extract_bag(bag: str | os.PathLike[str], out_dir: str | os.PathLike[str], im
     tol_ns = int(round(tolerance_ms * 1e6))
 
     with open_bag(bag) as b:
+        b.skip_corrupted = skip_bad
         streams = _resolve_streams(b, {"image": image_topic, "mask": mask_topic, "points": points_topic,
                                        "camera_info": camera_info_topic})
         frame_streams = [s for s in streams if s.role in FRAME_ROLES]
         plan = _plan_frames(b, frame_streams, time_source == "receive", tol_ns, split_kind, split_spec, skip_bad,
                             progress)
+        for folder in (out, out / "images", out / "masks", out / "points", out / "splits"):
+            remove_stale_temporaries(folder)  # what an interrupted run was writing: rewritten below
         need, missing_roles, todo = _missing_files(out, plan.stems, plan.frames, frame_streams, overwrite)
         for folder, role in (("images", "image"), ("masks", "mask"), ("points", "points")):
             if any(s.role == role for s in frame_streams):
@@ -570,6 +574,12 @@ def extract_bag(bag: str | os.PathLike[str], out_dir: str | os.PathLike[str], im
         calib, calib_info = None, None
         if ci_stream is not None:
             calib, calib_info = _read_calibration(b, ci_stream, skip_bad, plan)
+        listed = {(sk.topic, sk.index) for sk in plan.skipped}
+        for chunk in b.skipped_chunks:  # messages lost with a corrupted MCAP chunk (skip_bad)
+            for topic, i in chunk.indices():
+                if (topic, i) not in listed:
+                    listed.add((topic, i))
+                    plan.skipped.append(SkippedMessage(topic, i, chunk.description))
         plan.skipped.sort(key=lambda sk: (sk.topic, sk.index))
         splits_count = _write_metadata(out, plan.stems, plan.stamps, plan.split_of, split_kind, split_spec, calib,
                                        onto, plan.skipped, bool(frame_streams))

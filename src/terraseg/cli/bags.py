@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from terraseg.cli.app import app, console, user_errors
+from terraseg.cli.app import app, console, err_console, user_errors
 from terraseg.errors import TerrasegError
 
 
@@ -80,10 +80,13 @@ def extract(
 
 @app.command("bag-info")
 @user_errors
-def bag_info(bag: Annotated[Path, typer.Argument(help="ROS 1 .bag file or ROS 2 bag folder.")]) -> None:
-    """List a bag's topics with message types and counts.
+def bag_info(
+    bag: Annotated[Path, typer.Argument(help="ROS 1 .bag file or ROS 2 bag folder.")],
+    verify: Annotated[bool, typer.Option(help="Also read every MCAP chunk and check it against its CRC32 (reads the whole bag; sqlite3 and ROS 1 bags store no checksums).")] = False,
+) -> None:
+    """List a bag's topics with message types and counts (from the bag's index; messages are not read).
 
-    Example: terraseg bag-info recordings/run_01
+    Example: terraseg bag-info recordings/run_01 --verify
     """
     from terraseg.io.bags import open_bag
 
@@ -94,3 +97,20 @@ def bag_info(bag: Annotated[Path, typer.Argument(help="ROS 1 .bag file or ROS 2 
         for t in sorted(b.topics.values(), key=lambda t: t.name):
             table.add_row(t.name, t.msgtype, str(t.count))
         console.print(table)
+        if not verify:
+            return
+        if not b.mcap_files:
+            console.print(f"nothing to verify: {b.storage} bags store no checksums", highlight=False)
+            return
+        bad = b.verify()
+    if bad:
+        for chunk in bad[1:]:
+            err_console.print(f"[bold red]error:[/] {chunk.describe()}", highlight=False, soft_wrap=True)
+        raise TerrasegError(bad[0].describe() + (f" ({len(bad)} corrupted chunks in all)" if len(bad) > 1 else ""))
+    from terraseg.io.bags.mcap import mcap_chunks
+
+    chunks = [c for f in b.mcap_files for c in mcap_chunks(f).chunks]
+    unchecked = sum(1 for c in chunks if not c.crc)
+    console.print(f"verified {len(chunks) - unchecked} chunk(s): every one matches its CRC32"
+                  + (f"; {unchecked} chunk(s) store no checksum (their size was checked)" if unchecked else ""),
+                  highlight=False)

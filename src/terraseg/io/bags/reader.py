@@ -10,20 +10,32 @@ Built on the pure-Python ``rosbags`` library::
 Message types are named the ROS 2 way on both ROS versions (``sensor_msgs/msg/Image``).
 Timestamps are integer nanoseconds: ``timestamp_ns`` is the bag's record (receive) time,
 ``stamp_ns`` the message's ``header.stamp``.
+
+**Integrity.** MCAP chunks carry the CRC32 of their records (written by ``ros2 bag record`` and
+by :class:`~terraseg.io.bags.BagWriter`); reading a chunk whose records do not match it raises
+:class:`DataError` naming the file and the chunk (number, byte offset, record times). With
+:attr:`Bag.skip_corrupted` the chunk is skipped instead: one warning line names it and the
+messages lost per topic, :attr:`Bag.skipped_chunks` lists it, and the messages after it keep
+their indices (their positions in the bag). :meth:`Bag.verify` checks every chunk up front.
+sqlite3 bags and ROS 1 bags store no checksums; a truncated ROS 1 bag (its index is at the end)
+cannot be opened.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from terraseg.errors import DataError
 from terraseg.io.bags.decode import stamp_ns
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,30 @@ class BagMessage:
     timestamp_ns: int
     stamp_ns: int | None
     msg: Any
+
+
+@dataclass(frozen=True)
+class SkippedChunk:
+    """A corrupted MCAP chunk skipped while reading (:attr:`Bag.skip_corrupted`).
+
+    Attributes:
+        description: one line naming the file, the chunk and the problem.
+        start_ns: record time of the chunk's first message.
+        messages: topic -> number of messages in the chunk (all topics).
+        lost: topic -> ``(first index, count)`` of the messages of the topics being read that
+            were in the chunk (their indices are the positions they had in the bag).
+    """
+
+    description: str
+    start_ns: int = 0
+    messages: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def indices(self) -> Iterator[tuple[str, int]]:
+        """``(topic, index)`` of every lost message."""
+        for topic, (first, count) in self.lost.items():
+            for i in range(first, first + count):
+                yield topic, i
 
 
 def _rosbags() -> Any:
@@ -91,10 +127,17 @@ class Bag:
         try:
             self._reader = rb.highlevel.AnyReader([self.path], default_typestore=self._default)
         except Exception as exc:
-            raise DataError(f"{self.path}: cannot read bag ({exc})") from None
+            raise DataError(f"{self.path}: cannot read bag ({_reason(exc)})") from None
         self.ros_version: int = 2 if self._reader.is2 else 1
         self._open = False
         self._header_first: dict[str, bool] = {}
+        self.skip_corrupted = False
+        """Skip corrupted MCAP chunks (with a warning) instead of raising :class:`DataError`."""
+        self.skipped_chunks: list[SkippedChunk] = []
+        """Corrupted chunks skipped so far (each once, however often the bag is read)."""
+        self._bad_chunks: list[Any] | None = None  # BadChunk of every .mcap file, once verified
+        self._excluded: set[tuple[str, int]] = set()  # (file, chunk offset) removed from the reader
+        self._skipped_counts: list[tuple[SkippedChunk, dict[str, int]]] = []  # and its messages per topic
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> Bag:
@@ -102,7 +145,10 @@ class Bag:
             try:
                 self._reader.open()
             except Exception as exc:
-                raise DataError(f"{self.path}: cannot open bag ({exc})") from None
+                bad = self._corrupted()
+                if bad:  # an MCAP file without a summary is read whole on opening
+                    raise DataError(f"{bad[0].describe()}; cannot open the bag") from None
+                raise DataError(f"{self.path}: cannot open bag ({_reason(exc)})") from None
             self._open = True
         return self
 
@@ -178,21 +224,115 @@ class Bag:
         return [c for c in self._reader.connections if c.topic in wanted]
 
     def raw_messages(self, topics: str | Sequence[str] | None = None) -> Iterator[tuple[str, str, int, int, bytes]]:
-        """Yield ``(topic, msgtype, index, timestamp_ns, raw bytes)`` in record-time order."""
+        """Yield ``(topic, msgtype, index, timestamp_ns, raw bytes)`` in record-time order.
+
+        A corrupted MCAP chunk raises :class:`DataError` naming it, or with
+        :attr:`skip_corrupted` is skipped (see the module docstring)."""
         topics = [topics] if isinstance(topics, str) else topics
         conns = self._connections(topics)
         if not conns:
             return
+        wanted = {c.topic for c in conns}
         counters: dict[str, int] = {}
+        # corrupted chunks already passed over: their messages still count in the indices
+        pending = [(sk, counts) for sk, counts in self._skipped_counts]
+        done = 0  # messages yielded: a restart after skipping a chunk passes over them
+        while True:
+            again = done
+            try:
+                for conn, t, raw in self._reader.messages(connections=conns):
+                    if again:
+                        again -= 1
+                        continue
+                    # a skipped chunk's messages came before the first later message (record time
+                    # after its start; at equal times, messages of earlier chunks come first)
+                    while pending and pending[0][0].start_ns < t:
+                        sk, counts = pending.pop(0)
+                        for topic, n in counts.items():
+                            if topic in wanted:
+                                first = counters.get(topic, 0)
+                                sk.lost[topic] = (first, n)
+                                counters[topic] = first + n
+                    i = counters.get(conn.topic, 0)
+                    counters[conn.topic] = i + 1
+                    done += 1
+                    yield conn.topic, conn.msgtype, i, int(t), raw
+                return
+            except DataError:
+                raise
+            except Exception as exc:
+                bad = [b for b in self._corrupted() if (str(b.file), b.chunk.offset) not in self._excluded]
+                if not bad:
+                    raise DataError(f"{self.path}: cannot read messages ({_reason(exc)})") from None
+                if not self.skip_corrupted or not self._exclude(bad):
+                    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+                    raise DataError(f"{bad[0].describe()}{more}; skip corrupted chunks with --skip-errors / "
+                                    "--skip-bad") from None
+                for b in bad:
+                    counts = self._chunk_topics(b)
+                    sk = SkippedChunk(b.describe(), b.chunk.start_ns, counts)
+                    self.skipped_chunks.append(sk)
+                    self._skipped_counts.append((sk, counts))
+                    pending.append((sk, counts))
+                    lost = ", ".join(f"{tp} {n}" for tp, n in sorted(counts.items()) if tp in wanted)
+                    log.warning("skipped %s (messages lost: %s)", b.describe(), lost or "none of the topics read")
+                pending.sort(key=lambda item: item[0].start_ns)
+
+    # ------------------------------------------------------------------ integrity
+    @property
+    def mcap_files(self) -> list[Path]:
+        """The ``.mcap`` files of a ROS 2 mcap bag (empty for other storages)."""
+        if self.ros_version != 2:
+            return []
+        if self.path.is_file():
+            return [self.path] if self.path.suffix.lower() == ".mcap" else []
+        return sorted(self.path.glob("*.mcap"))
+
+    def verify(self) -> list[Any]:
+        """Every corrupted chunk of the bag's MCAP files (:class:`terraseg.io.bags.mcap.BadChunk`,
+        in file order); reads each chunk once. Other storages have no checksums: ``[]``."""
+        from terraseg.io.bags.mcap import verify_chunks
+
+        bad: list[Any] = []
+        for f in self.mcap_files:
+            bad += list(verify_chunks(f))
+        return bad
+
+    def _corrupted(self) -> list[Any]:
+        """:meth:`verify`, computed once (after a read error); ``[]`` when it cannot tell."""
+        if self._bad_chunks is None:
+            try:
+                self._bad_chunks = self.verify()
+            except (DataError, OSError):
+                self._bad_chunks = []
+        return self._bad_chunks
+
+    def _chunk_topics(self, bad: Any) -> dict[str, int]:
+        from terraseg.io.bags.mcap import mcap_chunks
+
+        names = mcap_chunks(bad.file).topics
+        return {names.get(cid, f"channel {cid}"): n for cid, n in bad.chunk.messages.items()}
+
+    def _exclude(self, bad: list[Any]) -> bool:
+        """Remove the corrupted chunks from ``rosbags``' chunk lists (so that reading passes over
+        them); False when that is not possible with this ``rosbags`` version."""
         try:
-            for conn, t, raw in self._reader.messages(connections=conns):
-                i = counters.get(conn.topic, 0)
-                counters[conn.topic] = i + 1
-                yield conn.topic, conn.msgtype, i, int(t), raw
-        except DataError:
-            raise
-        except Exception as exc:
-            raise DataError(f"{self.path}: cannot read messages ({type(exc).__name__}: {exc})") from None
+            outer = self._reader.readers[0].storage
+            storages = list(getattr(outer, "storages", None) or [outer])
+        except (AttributeError, IndexError):
+            return False
+        removed = 0
+        for b in bad:
+            for st in storages:
+                chunks, spath = getattr(st, "chunks", None), getattr(st, "path", None)
+                if not isinstance(chunks, list) or spath is None or Path(spath).resolve() != b.file.resolve():
+                    continue
+                keep = [c for c in chunks if getattr(c, "chunk_start_offset", None) != b.chunk.offset]
+                if len(keep) < len(chunks):
+                    chunks[:] = keep
+                    self._excluded.add((str(b.file), b.chunk.offset))
+                    removed += 1
+        return removed == len(bad)
 
     def _sqlite_heads(self, topics: Sequence[str], nbytes: int) -> Iterator[tuple[str, str, int, int, bytes]] | None:
         """The first ``nbytes`` of every message of ``topics`` straight from the sqlite3 files of
@@ -328,6 +468,16 @@ class Bag:
         except (struct.error, IndexError):
             raise DataError(f"{where}: message of {len(raw)} bytes is too short to hold a header") from None
         return int(sec) * 1_000_000_000 + int(nsec)
+
+
+def _reason(exc: BaseException) -> str:
+    """A reader error as text, with a hint for the common damaged-file cases."""
+    text = f"{type(exc).__name__}: {exc}"
+    low = str(exc).lower()
+    if "index" in low and ("damaged" in low or "header could not be read" in low):
+        text += "; the file is truncated or damaged (a ROS 1 bag keeps its index at the end: an interrupted " \
+                "recording needs `rosbag reindex`)"
+    return text
 
 
 def open_bag(path: str | os.PathLike[str], default_typestore: Any = None) -> Bag:

@@ -2,8 +2,10 @@
 
 :class:`BagWriter` serialises images, compressed images, point clouds and camera infos with
 header stamps and frame ids. Output is atomic: the bag is written inside a temporary folder
-next to the target and renamed into place by :meth:`BagWriter.close`; an exception inside the
-``with`` block (or :meth:`BagWriter.abort`) leaves nothing under the target name::
+next to the target (``.<name>.<pid>-<random>.tmp/``) and renamed into place by
+:meth:`BagWriter.close`; an exception inside the ``with`` block (or :meth:`BagWriter.abort`)
+leaves nothing under the target name, and :meth:`BagWriter.open` removes the temporary folders
+that killed runs left in the same folder (:func:`terraseg.io.atomic.remove_stale_temporaries`)::
 
     with BagWriter("out_bag") as w:                       # ROS 2, sqlite3
         w.write_image("/cam/image", rgb, stamp_ns=t, frame_id="cam")
@@ -16,7 +18,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +28,7 @@ from PIL import Image as PILImage
 
 from terraseg.errors import DataError
 from terraseg.frame import Calibration
+from terraseg.io.atomic import make_temporary, remove_stale_temporaries
 from terraseg.io.bags.decode import (
     CAMERA_INFO,
     COMPRESSED_IMAGE,
@@ -153,7 +155,8 @@ class BagWriter:
     Args:
         path: the bag to create: a ROS 2 bag folder, or a ``.bag`` file for ROS 1.
         ros_version: 1 or 2; inferred from the suffix when None (``.bag`` -> 1, else 2).
-        storage: ROS 2 storage plugin, ``sqlite3`` (default) or ``mcap``.
+        storage: ROS 2 storage plugin, ``sqlite3`` (default) or ``mcap`` (every chunk gets the
+            CRC32 of its records, which readers verify: :mod:`terraseg.io.bags.mcap`).
         overwrite: replace an existing bag at ``path`` (else :class:`DataError`).
         typestore: a ``rosbags`` typestore; defaults to ROS 2 Humble / ROS 1 Noetic.
 
@@ -188,8 +191,8 @@ class BagWriter:
             return self
         if self.path.exists() and not self.overwrite:
             raise DataError(f"{self.path}: already exists (pass overwrite=True to replace it)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmpdir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        remove_stale_temporaries(self.path.parent)  # bags of interrupted runs: .<name>.<pid>-<random>.tmp/
+        self._tmpdir = make_temporary(self.path, folder=True)
         inner = self._tmpdir / self.path.name
         try:
             if self.ros_version == 1:
@@ -216,6 +219,11 @@ class BagWriter:
         try:
             self._writer.close()
             inner = self._tmpdir / self.path.name
+            if self.ros_version == 2 and self.storage == "mcap":
+                from terraseg.io.bags.mcap import add_chunk_crcs
+
+                for f in sorted(inner.glob("*.mcap")):  # rosbags writes no chunk checksums; readers verify them
+                    add_chunk_crcs(f)
             if self.path.exists():
                 if not self.overwrite:
                     raise DataError(f"{self.path}: appeared while writing; not overwriting it")
