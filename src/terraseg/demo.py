@@ -195,7 +195,8 @@ def run_demo(out: Path, frames: int = 240, size: str = "small", seed: int = 0, d
     data = out / "data"
     lidar = "small" if size in ("small", "tiny") else "os1-64-1024"
     sim_cfg = simulate_dataset(data, frames=frames, seed=seed, domain=domain, camera=size, lidar=lidar, bag=True,
-                               progress=progress, rate_hz=rate_hz, worlds=worlds, splits=DEMO_SPLITS)
+                               progress=progress, rate_hz=rate_hz, worlds=worlds, splits=DEMO_SPLITS,
+                               overwrite=True)  # a rerun of the demo replaces its own data
     stats = {"camera": inspect_dataset(data / "camera", out / "stats" / "camera", progress=progress),
              "lidar": inspect_dataset(data / "lidar", out / "stats" / "lidar", kind="semantickitti",
                                       progress=progress, ontology="sim")}

@@ -24,11 +24,12 @@ def sim(
     speed: Annotated[float, typer.Option(help="Vehicle speed, m/s.")] = 4.0,
     bag: Annotated[bool, typer.Option(help="Also write one ROS 2 bag per split (image, semantic image, points).")] = False,
     worlds: Annotated[str, typer.Option(help="shared: one world, three drives; per-split: each split driven in its own world (seeds seed, seed+1, seed+2).")] = "shared",
+    overwrite: Annotated[bool, typer.Option(help="Replace a previous `terraseg sim` output in --out (its sim.yaml, camera/, lidar/, bags/; other files are kept). Without it a non-empty --out is refused.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Simulate a vehicle driving an off-road trail and write camera + LiDAR data with labels.
 
-    Writes OUT/camera (generic layout: images, masks, depth, calib.yaml), OUT/lidar (SemanticKITTI layout: sequences 00/08/11 = train/val/test with poses and calib), optional OUT/bags, and OUT/sim.yaml. Labels use the `sim` ontology (maps to goose, rellis3d, traversability are built in).
+    Writes OUT/camera (generic layout: images, masks, depth, calib.yaml), OUT/lidar (SemanticKITTI layout: sequences 00/08/11 = train/val/test with poses and calib), optional OUT/bags, and OUT/sim.yaml. Labels use the `sim` ontology (maps to goose, rellis3d, traversability are built in). OUT must be new or empty; --overwrite replaces an earlier simulator output there.
 
     Example: terraseg sim --out data/sim --frames 200 --seed 1 --domain forest-dusk --bag
     """
@@ -41,7 +42,7 @@ def sim(
         raise TerrasegError("--split takes fractions, e.g. train=0.7,val=0.15,test=0.15")
     cfg = simulate_dataset(out, frames=frames, seed=seed, domain=domain, camera=None if camera == "none" else camera,
                            lidar=None if lidar == "none" else lidar, splits=fractions,  # type: ignore[arg-type]
-                           rate_hz=rate, speed=speed, bag=bag, progress=not quiet, worlds=worlds)
+                           rate_hz=rate, speed=speed, bag=bag, progress=not quiet, worlds=worlds, overwrite=overwrite)
     console.print(f"simulated {cfg['frames']} frames ({', '.join(f'{k} {v}' for k, v in cfg['splits'].items())}) "
                   f"of {cfg['domain']} into {out}", highlight=False)
     if cfg["camera"]:

@@ -23,11 +23,19 @@ is made wider than 160 m when its drive would be longer than the trail.
 Read them back with ``GenericDataset(out / "camera", split="train")`` and
 ``SemanticKITTIDataset(out / "lidar", split="train", ontology="sim")``. Identical arguments give
 byte-identical files.
+
+The output folder must be new or empty: writing a second run over a first would mix their
+frames. ``overwrite=True`` (``terraseg sim --overwrite``) first deletes what a previous run wrote
+(:data:`SIM_OUTPUTS`), and only in a folder that holds a ``sim.yaml`` (the first file every run
+writes); other files there are left alone, and a non-empty folder without ``sim.yaml`` is
+refused even then. A run that fails or is interrupted leaves no partial bag (bags are written
+atomically), and the temporaries of a killed run are removed by the next one.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,7 +44,7 @@ import numpy as np
 import yaml
 
 from terraseg.errors import ConfigError
-from terraseg.io.atomic import atomic_write_text
+from terraseg.io.atomic import atomic_write_text, remove_stale_temporaries
 from terraseg.io.calib import write_kitti_calib, write_kitti_poses
 from terraseg.io.png import write_png
 from terraseg.io.scans import write_bin, write_label
@@ -45,6 +53,9 @@ from terraseg.sim.appearance import get_domain
 from terraseg.sim.render import render, trail_poses
 from terraseg.sim.sensors import CAMERA_PRESETS, LIDAR_PRESETS, CameraConfig, LidarConfig, Rig
 from terraseg.sim.world import generate_world
+
+SIM_OUTPUTS: tuple[str, ...] = ("sim.yaml", "camera", "lidar", "bags")
+"""What :func:`simulate_dataset` writes into its output folder (and ``overwrite`` deletes)."""
 
 SPLIT_SEQUENCES = {"train": "00", "val": "08", "test": "11"}
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -91,11 +102,17 @@ def resolve_rig(camera: str | CameraConfig | None = "vga", lidar: str | LidarCon
 def simulate_dataset(out: str | os.PathLike[str], frames: int = 100, seed: int = 0, domain: str = "forest-day",
                      camera: str | CameraConfig | None = "vga", lidar: str | LidarConfig | None = "os1-64-1024",
                      splits: dict[str, float] | None = None, rate_hz: float = 10.0, speed: float = 4.0,
-                     bag: bool = False, progress: bool = True, worlds: str = "shared") -> dict[str, Any]:
+                     bag: bool = False, progress: bool = True, worlds: str = "shared",
+                     overwrite: bool = False) -> dict[str, Any]:
     """Simulate and write a dataset (see the module docstring). Returns the resolved configuration.
 
     Args:
         worlds: ``"shared"`` (one world, three drives) or ``"per-split"`` (one world per split).
+        overwrite: replace a previous simulator output in ``out`` (see the module docstring).
+
+    Raises:
+        ConfigError: ``out`` is not empty (without ``overwrite``), or not a simulator output
+            (with it); bad options.
     """
     out_dir = Path(out)
     if worlds not in ("shared", "per-split"):
@@ -103,6 +120,7 @@ def simulate_dataset(out: str | os.PathLike[str], frames: int = 100, seed: int =
     dom = get_domain(domain)
     rig = resolve_rig(camera, lidar)
     counts = split_counts(frames, splits)
+    prepare_output_folder(out_dir, overwrite)
     shared = generate_world(seed, dom.terrain) if worlds == "shared" else None
     config: dict[str, Any] = {
         "seed": seed, "domain": dom.name, "frames": frames, "splits": counts, "worlds": worlds,
@@ -127,6 +145,7 @@ def simulate_dataset(out: str | os.PathLike[str], frames: int = 100, seed: int =
             seq_dir = out_dir / "lidar" / "sequences" / SPLIT_SEQUENCES[split]
             writer = _bag_writer(out_dir / "bags" / split) if bag else None
             lidar_poses = []
+            ok = False
             try:
                 for i in range(n):
                     frame = render(world, poses[i], rig, dom, seed=_frame_seed(seed, split_index, i),
@@ -146,14 +165,48 @@ def simulate_dataset(out: str | os.PathLike[str], frames: int = 100, seed: int =
                     if writer is not None:
                         _write_bag_frame(writer, frame, rig, int(round(times[i] * 1e9)) + 1_000_000_000)
                     bar.advance()
+                ok = True
             finally:
-                if writer is not None:
-                    writer.close()
+                if writer is not None:  # a failed or interrupted drive leaves no partial bag
+                    writer.close() if ok else writer.abort()
             if rig.lidar is not None:
                 _write_kitti_meta(seq_dir, rig, np.array(lidar_poses), times)
     if cam_writer is not None:
         cam_writer.close()
     return config
+
+
+def prepare_output_folder(out: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Make ``out`` ready for a simulator run: create it, remove the temporaries a killed run left
+    at its top level, and refuse a non-empty folder, or (``overwrite``) delete a previous run's
+    :data:`SIM_OUTPUTS` when the folder holds a ``sim.yaml``.
+
+    Raises:
+        ConfigError: a non-empty folder without ``overwrite``; with ``overwrite``, a non-empty
+            folder that is not a simulator output (no ``sim.yaml``); ``out`` is a file.
+    """
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if not entries:
+        return out_dir
+    listing = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    if not overwrite:
+        raise ConfigError(f"{out_dir}: the folder is not empty ({listing}); simulate into a new or empty folder, "
+                          "or pass --overwrite (overwrite=True) to replace a previous simulator output there")
+    if not (out_dir / "sim.yaml").is_file():
+        raise ConfigError(f"{out_dir}: not a simulator output (no sim.yaml; it holds {listing}); --overwrite only "
+                          "replaces what `terraseg sim` wrote: choose a new or empty folder")
+    for name in SIM_OUTPUTS:
+        p = out_dir / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    return out_dir
 
 
 def _drive(shared: Any, split: str, seed: int, terrain: str, length_m: float) -> tuple[Any, float, bool]:
@@ -206,7 +259,7 @@ def _write_kitti_meta(seq_dir: Path, rig: Rig, lidar_poses: np.ndarray, times: n
 def _bag_writer(path: Path) -> Any:
     from terraseg.io.bags import BagWriter
 
-    w = BagWriter(path, storage="sqlite3", overwrite=True)
+    w = BagWriter(path, storage="sqlite3")
     w.open()
     return w
 
