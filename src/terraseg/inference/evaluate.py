@@ -7,6 +7,7 @@ confusion matrix) that :func:`terraseg.metrics.write_reports` turns into the usu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from terraseg.metrics import ConfusionMatrix, EvalPreset, EvalResult
 from terraseg.ontology import Ontology
 from terraseg.progress import ProgressBar
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Evaluation:
@@ -29,6 +32,10 @@ class Evaluation:
         matrix: the accumulated confusion matrix (rows = truth).
         frames: frames evaluated.
         seconds: model time per frame (mean wall-clock seconds of the prediction call).
+        per_frame: one row per frame with something to score (``frame``, ``pixels`` / ``points``,
+            ``aAcc``, ``mIoU``).
+        empty_frames: frames with nothing to score (an empty scan, or every label ignored): they
+            count in :attr:`frames` but have no row (their scores would be NaN); a warning names each.
     """
 
     result: EvalResult
@@ -36,6 +43,7 @@ class Evaluation:
     frames: int
     seconds: float
     per_frame: list[dict[str, Any]] = field(default_factory=list)
+    empty_frames: list[str] = field(default_factory=list)
 
 
 def _check(labels: np.ndarray, ontology: Ontology, where: str) -> None:
@@ -60,6 +68,7 @@ def evaluate_frames(frames: Sequence[Frame], predict: Callable[[Frame], np.ndarr
     onto = preset.onto
     total_t = 0.0
     per_frame: list[dict[str, Any]] = []
+    empty: list[str] = []
     with ProgressBar(len(frames), label, enabled=progress) as bar:
         for i in range(len(frames)):
             f = frames[i]
@@ -75,10 +84,19 @@ def evaluate_frames(frames: Sequence[Frame], predict: Callable[[Frame], np.ndarr
                 raise DataError(f"{where}: prediction shape {pred.shape} differs from the ground truth {gt.shape}")
             one = preset.confusion_matrix().update(pred, gt)
             cm += one
+            bar.advance()
+            if one.total == 0:  # nothing to score (an empty scan, or every label ignored): no NaN row
+                empty.append(str(f.frame_id))
+                log.warning("%s: frame %s has no %s to score (%s); left out of the per-frame table", where,
+                            f.frame_id, "labelled pixels" if modality == "image" else "labelled points",
+                            "empty scan" if gt.size == 0 else "every label is ignored")
+                continue
             sc = one.scores()
             per_frame.append({"frame": f.frame_id, "pixels" if modality == "image" else "points": int(one.total),
                               "aAcc": float(sc.aacc), "mIoU": float(sc.miou)})
-            bar.advance()
     if len(frames) == 0:
         raise DataError("no frames to evaluate")
-    return Evaluation(preset.evaluate(cm), cm, len(frames), total_t / len(frames), per_frame)
+    if cm.total == 0:
+        raise DataError(f"none of the {len(frames)} frame(s) has {'pixels' if modality == 'image' else 'points'} "
+                        "with a label to score (empty scans, or every label ignored)")
+    return Evaluation(preset.evaluate(cm), cm, len(frames), total_t / len(frames), per_frame, empty)

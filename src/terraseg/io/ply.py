@@ -210,8 +210,11 @@ def _parse_header(raw: bytes, path: Path) -> tuple[str, list[_Element], int]:
                 raise DataError(f"{where}: unsupported PLY version {tok[2]} (expected 1.0)")
             fmt = tok[1]
         elif tok[0] == "element":
-            if len(tok) != 3 or not tok[2].isdigit():
+            if len(tok) != 3:
                 raise DataError(f"{where}: expected 'element <name> <count>'")
+            if not (tok[2].isascii() and tok[2].isdigit()):
+                what = "negative" if tok[2].lstrip("-").isdigit() else "not a number"
+                raise DataError(f"{where}: the {tok[1]} count {tok[2]!r} is {what} (expected a whole number >= 0)")
             elements.append(_Element(tok[1], int(tok[2]), [], False))
         elif tok[0] == "property":
             if not elements:
@@ -247,8 +250,10 @@ def read_ply(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         (native byte order), for example ``x``, ``y``, ``z`` float32, ``red`` uint8, ``label``.
 
     Raises:
-        DataError: naming the file, for a missing file, a malformed header, a missing vertex
-            element, list properties in or before it, or truncated / malformed data.
+        DataError: naming the file, for a missing file, a malformed header (a vertex count that
+            is not a whole number >= 0 included), a missing vertex element, list properties in or
+            before it, truncated / malformed data, or (when the vertices are the last element)
+            more data than the header declares.
     """
     src = Path(path)
     try:
@@ -268,8 +273,9 @@ def read_ply(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if not vertex.props:
         raise DataError(f"{src}: the vertex element declares no properties")
     order = _FORMATS[fmt]
+    last = vi == len(elements) - 1  # nothing may follow the vertices: the count can be checked both ways
     if order is None:
-        return _read_ascii(raw[start:], elements[:vi], vertex, src)
+        return _read_ascii(raw[start:], elements[:vi], vertex, src, last)
     skip = sum(e.count * sum(np.dtype(code).itemsize for _, code in e.props) for e in elements[:vi])
     dtype = np.dtype([(name, order + code) for name, code in vertex.props])
     need = skip + vertex.count * dtype.itemsize
@@ -277,12 +283,18 @@ def read_ply(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if have < need:
         raise DataError(f"{src}: truncated PLY data: {vertex.count} vertices of {dtype.itemsize} bytes need "
                         f"{need} bytes after the header, the file has {have}")
+    if last and have - need >= dtype.itemsize:
+        raise DataError(f"{src}: {have - need} bytes follow the {vertex.count} vertices the header declares "
+                        f"(room for {(have - need) // dtype.itemsize} more): the vertex count in the header is "
+                        "wrong or the file is damaged")
     rec = np.frombuffer(raw, dtype=dtype, count=vertex.count, offset=start + skip)
     return {name: rec[name].astype(np.dtype(code), copy=True) for name, code in vertex.props}
 
 
-def _read_ascii(body: bytes, before: list[_Element], vertex: _Element, src: Path) -> dict[str, np.ndarray]:
-    """Vertex properties of an ASCII body (one element instance per line)."""
+def _read_ascii(body: bytes, before: list[_Element], vertex: _Element, src: Path, last: bool = False
+                ) -> dict[str, np.ndarray]:
+    """Vertex properties of an ASCII body (one element instance per line); with ``last`` (no
+    element after the vertices) further non-empty lines are an error."""
     lines = body.decode("ascii", errors="replace").splitlines()
     first = sum(e.count for e in before)
     rows = lines[first:first + vertex.count]
@@ -299,6 +311,11 @@ def _read_ascii(body: bytes, before: list[_Element], vertex: _Element, src: Path
         table = np.array(tokens, dtype=np.float64).reshape(vertex.count, k)
     except ValueError as exc:
         raise DataError(f"{src}: the vertex data holds a value that is not a number ({exc})") from None
+    if last:
+        extra = sum(1 for line in lines[first + vertex.count:] if line.strip())
+        if extra:
+            raise DataError(f"{src}: {extra} more data line(s) follow the {vertex.count} vertices the header "
+                            "declares: the vertex count in the header is wrong or the file is damaged")
     out: dict[str, np.ndarray] = {}
     for j, (name, code) in enumerate(vertex.props):
         col = table[:, j]

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,22 +17,30 @@ import numpy as np
 from terraseg.errors import DataError
 from terraseg.io.atomic import atomic_path
 
+log = logging.getLogger(__name__)
+
 
 def read_bin(path: str | os.PathLike[str], num_fields: int = 4, check_finite: bool = True) -> np.ndarray:
     """Read a ``.bin`` scan as an (N, num_fields) float32 array.
 
     Raises :class:`DataError` when the file is missing, its size is not a multiple of the
-    record size, or (with ``check_finite``) coordinates are NaN or infinite.
+    record size (a truncated file), or (with ``check_finite``) coordinates are NaN or infinite.
+    An empty file is a scan of 0 points (a sensor that returned nothing); it is read, with a
+    warning naming it (once per file and process), because it is more often a broken file.
     """
     p = Path(path)
     try:
         size = p.stat().st_size
     except FileNotFoundError:
         raise DataError(f"{p}: scan file not found") from None
+    except OSError as exc:
+        raise DataError(f"{p}: unreadable scan file ({exc.strerror or exc})") from None
     record = 4 * num_fields
     if size % record:
         raise DataError(f"{p}: size {size} bytes is not a multiple of the point size "
-                        f"({record} bytes = {num_fields} float32 fields)")
+                        f"({record} bytes = {num_fields} float32 fields): the file is truncated or not a scan")
+    if size == 0:
+        _warn_empty(p)
     try:
         pts = np.fromfile(p, dtype="<f4").reshape(-1, num_fields)
     except OSError as exc:
@@ -45,6 +54,16 @@ def read_bin(path: str | os.PathLike[str], num_fields: int = 4, check_finite: bo
     return pts.astype(np.float32, copy=False)
 
 
+_EMPTY_WARNED: set[str] = set()
+
+
+def _warn_empty(path: Path) -> None:
+    key = os.path.abspath(path)
+    if key not in _EMPTY_WARNED:
+        _EMPTY_WARNED.add(key)
+        log.warning("%s: empty scan (0 points)", path)
+
+
 def read_label(path: str | os.PathLike[str], num_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read a ``.label`` file as (semantic uint16 (N,), instance uint16 (N,)).
 
@@ -56,7 +75,8 @@ def read_label(path: str | os.PathLike[str], num_points: int | None = None) -> t
     except FileNotFoundError:
         raise DataError(f"{p}: label file not found") from None
     if p.stat().st_size % 4:
-        raise DataError(f"{p}: size {p.stat().st_size} bytes is not a multiple of 4 (uint32 labels)")
+        raise DataError(f"{p}: size {p.stat().st_size} bytes is not a multiple of 4 (uint32 labels): the file is "
+                        "truncated or not a label file")
     if num_points is not None and raw.size != num_points:
         raise DataError(f"{p}: {raw.size} labels for a scan of {num_points} points")
     return (raw & 0xFFFF).astype(np.uint16), (raw >> 16).astype(np.uint16)
