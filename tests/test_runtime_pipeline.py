@@ -198,7 +198,7 @@ def test_slow_model_latest_policy_drops_and_accounts_every_frame(tmp_path: Path)
     doc = json.loads((tmp_path / "stats.json").read_text())
     s = doc["streams"]["/cam"]
     assert doc["format"] == "terraseg-runtime-stats" and doc["status"] == "completed"
-    assert doc["totals"] == {"frames_in": n, "predicted": len(pred), "dropped": len(drop),
+    assert doc["totals"] == {"frames_in": n, "predicted": len(pred), "dropped": len(drop), "skipped": 0,
                              "in_flight_max": stats.in_flight_max}
     assert set(s["latency_ms"]) == {"p50", "p95", "max", "mean", "min"}
     assert s["latency_ms"]["p50"] <= s["latency_ms"]["p95"] <= s["latency_ms"]["max"]

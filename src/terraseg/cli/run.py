@@ -68,7 +68,7 @@ def run_cmd(
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     drop_policy: Annotated[str | None, typer.Option("--drop-policy", help="When inference is slower than the sensor: latest (drop the queued frame, keep the newest), oldest (drop the incoming frame), block (no drops; back-pressure). Default: latest in real time, block otherwise.")] = None,
     queue_size: Annotated[int | None, typer.Option("--queue-size", help="Input queue per stream (default 1 with drops, 4 with block).")] = None,
-    skip_errors: Annotated[bool, typer.Option("--skip-errors", help="Drop (and count) messages the model or decoder rejects instead of stopping.")] = False,
+    skip_errors: Annotated[bool, typer.Option("--skip-errors", help="Skip messages, files or MCAP chunks that cannot be read or decoded and messages the model rejects, with one warning line each, counted as 'skipped' per stream, instead of stopping.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     amp: Annotated[bool, typer.Option(help="PyTorch camera models: mixed precision (float16 on CUDA, bfloat16 on CPU).")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads: ONNX Runtime intra-op threads per model and torch.set_num_threads (default: the libraries' choice).")] = None,
@@ -152,7 +152,9 @@ def run_cmd(
         outputs.append(f"Rerun {rerun_save}")
     if stats_path is not None:
         outputs.append(f"stats {stats_path}")
+    skipped = f", {result.skipped} skipped (bad data)" if skip_errors else ""
     console.print(f"{result.status}: {result.frames_in} message(s) in, {result.predicted} predicted, "
-                  f"{result.dropped} dropped" + (f"; wrote {', '.join(outputs)}" if outputs else ""), highlight=False)
+                  f"{result.dropped} dropped{skipped}" + (f"; wrote {', '.join(outputs)}" if outputs else ""),
+                  highlight=False)
     if result.status == "interrupted":
         raise typer.Exit(130)

@@ -70,34 +70,54 @@ def scan_predictor(loaded: LoadedModel, *, projection: str | None = None, regula
 SCAN_SUFFIXES = (".bin",)
 
 
-def iter_scans(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """``(stem, points (N, 4) float32)`` of a SemanticKITTI ``.bin`` scan or every ``.bin`` under a
-    folder (recursive, sorted; stems keep the relative sub-path)."""
-    from terraseg.io.scans import read_bin
+def list_scans(path: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """``(stem, file)`` of a SemanticKITTI ``.bin`` scan or of every ``.bin`` under a folder
+    (recursive, sorted; stems keep the relative sub-path), without reading them.
 
+    Raises:
+        DataError: a missing path, a file that is not a scan, a folder without scans.
+    """
     p = Path(path)
     if p.is_file():
         if p.suffix.lower() not in SCAN_SUFFIXES:
             raise DataError(f"{p}: not a LiDAR scan (expected a SemanticKITTI .bin file)")
-        yield p.stem, read_bin(p)
-        return
+        return [(p.stem, p)]
     if not p.is_dir():
         raise DataError(f"{p}: no such file or folder")
     files = sorted(f for f in p.rglob("*.bin") if f.is_file())
     if not files:
         raise DataError(f"{p}: no .bin scans in this folder")
-    for f in files:
-        rel = f.relative_to(p).with_suffix("")
-        yield rel.as_posix(), read_bin(f)
+    return [(f.relative_to(p).with_suffix("").as_posix(), f) for f in files]
+
+
+def read_scan(path: str | os.PathLike[str]) -> np.ndarray:
+    """One scan file as (N, 4) float32 x, y, z, intensity (:func:`terraseg.io.scans.read_bin`)."""
+    from terraseg.io.scans import read_bin
+
+    return read_bin(path)
+
+
+def iter_scans(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """``(stem, points (N, 4) float32)`` of a SemanticKITTI ``.bin`` scan or every ``.bin`` under a
+    folder (recursive, sorted; stems keep the relative sub-path; see :func:`list_scans`)."""
+    for stem, f in list_scans(path):
+        yield stem, read_scan(f)
 
 
 def write_scan_prediction(out_dir: str | os.PathLike[str], stem: str, points: np.ndarray, labels: np.ndarray,
                           ontology: Any, *, label_file: bool = True, ply: bool = True) -> dict[str, Path]:
-    """Write one scan's predicted labels (``labels/<stem>.label``) and coloured cloud (``ply/<stem>.ply``)."""
+    """Write one scan's predicted labels (``labels/<stem>.label``) and coloured cloud (``ply/<stem>.ply``).
+
+    The first call for a folder in a process removes the temporaries an interrupted run left
+    there (:func:`terraseg.io.atomic.remove_stale_temporaries_once`).
+    """
+    from terraseg.io.atomic import remove_stale_temporaries_once
     from terraseg.io.ply import write_labeled_ply
     from terraseg.io.scans import write_label
 
     out = Path(out_dir)
+    for sub in ("labels", "ply"):
+        remove_stale_temporaries_once(out / sub, recursive=True)
     paths: dict[str, Path] = {}
     if label_file:
         p = out / "labels" / f"{stem}.label"

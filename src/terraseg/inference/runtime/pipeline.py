@@ -32,14 +32,25 @@
   ``interrupted``). An error (reading, inference with ``errors="raise"``, a sink) stops
   everything, *aborts* the sinks (``abort()`` where a sink has one: no partial outputs) and is
   raised again from :meth:`Pipeline.run` after the statistics are written.
-- **Warm-up**: with ``warmup`` each worker runs its first message once untimed before
-  predicting it; that message's latency counts from the end of the warm-up.
+- **Bad data** (``errors="skip"``, ``terraseg run --skip-errors``): a message the backend
+  rejects with a :class:`~terraseg.errors.TerrasegError` is dropped (reason ``error``) with one
+  warning line naming it and the problem; the source skips unreadable messages itself when it
+  was opened with ``skip_bad``. Both are counted per stream (``skipped`` in the statistics).
+- **Warm-up** (``warmup``, the default): before the clock starts, the source reads ahead to the
+  first message of every stream (:meth:`~terraseg.inference.runtime.sources.Source.prefetch`)
+  and each backend predicts it once, untimed: lazy model set-up (ONNX Runtime's fused session
+  for that image size, oneDNN kernels, a range network's organised layout) happens then, not
+  while a real-time source is already delivering frames. The real-time schedule starts after
+  the warm-up. A stream whose first message could not be read ahead (or that the model
+  rejects) is warmed by its worker on its first message instead (that message's latency
+  counts from the end of that warm-up). Warm-up times go to ``settings["warmup_ms"]``.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -207,6 +218,7 @@ class Pipeline:
         self._failure: BaseException | None = None
         self._failure_lock = threading.Lock()
         self._stop_status = "stopped"
+        self._warm: set[str] = set()  # topics whose backend was warmed up before the clock started
         self.stats = RunStats({
             "source": source.description, "realtime": source.realtime, "speed": source.speed, "policy": policy,
             "queue_size": self.queue_size, "output_queue_size": int(output_queue_size), "errors": errors,
@@ -216,6 +228,7 @@ class Pipeline:
             "sinks": [type(s).__name__ for s in self.sinks], **dict(settings or {})})
         for topic, kind in source.topics.items():
             self.stats.add_stream(topic, kind, self.backends[kind].name, self.queue_size)
+        source.on_skip = lambda topic, count: self.stats.on_skip(topic, count, "read")
         self._ran = False
 
     # ------------------------------------------------------------------ control
@@ -276,7 +289,7 @@ class Pipeline:
                 start = time.perf_counter_ns()
                 try:
                     with lock:
-                        if first and self.warmup:
+                        if first and self.warmup and topic not in self._warm:
                             t0 = time.perf_counter()
                             backend.predict(msg)
                             msg.meta["warmup_ms"] = (time.perf_counter() - t0) * 1e3
@@ -285,7 +298,10 @@ class Pipeline:
                         pred = backend.predict(msg)
                 except TerrasegError as exc:
                     if self.errors == "skip":
-                        log.warning("%s message %d dropped: %s", topic, msg.seq, exc)
+                        text = str(exc)
+                        name = f"{topic} message {msg.seq} (frame {msg.frame_id})"
+                        log.warning("skipped %s", text if text.startswith(topic) else f"{name}: {text}")
+                        self.stats.on_skip(topic, 1, "inference")
                         self._drop(msg, "error")
                         continue
                     self._drop(msg, "error")
@@ -382,6 +398,11 @@ class Pipeline:
 
             return threading.Thread(target=body, name=name, daemon=True)
 
+        if self.warmup:
+            try:
+                self._warm_up()
+            except KeyboardInterrupt:  # before anything ran: stop at once, outputs are finalised empty
+                self.stop("interrupted")
         threads = [thread(self._writer, (1 + len(self.inputs),), "terraseg-writer")]
         threads += [thread(self._worker, (t,), f"terraseg-infer {t}") for t in self.inputs]
         threads.append(thread(self._reader, (), "terraseg-reader"))
@@ -422,6 +443,24 @@ class Pipeline:
         if failure is not None:
             raise failure
         return self.stats
+
+    def _warm_up(self) -> None:
+        """Predict the first message of every stream once, untimed, before the clock starts (see
+        the module docstring); the messages stay queued in the source for the run itself."""
+        times: dict[str, float] = {}
+        for topic, msg in self.source.prefetch().items():
+            kind = self.source.topics.get(topic)
+            if kind is None:
+                continue
+            t0 = time.perf_counter()
+            try:
+                self.backends[kind].predict(dataclasses.replace(msg, meta=dict(msg.meta)))
+            except Exception as exc:  # noqa: BLE001 - the worker meets this message again and handles it
+                log.debug("warm-up of %s on its first message failed: %s", topic, exc)
+                continue
+            times[topic] = round((time.perf_counter() - t0) * 1e3, 1)
+            self._warm.add(topic)
+        self.stats.settings["warmup_ms"] = times
 
     def _record_queues(self) -> None:
         for topic, q in self.inputs.items():

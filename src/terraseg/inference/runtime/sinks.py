@@ -34,6 +34,7 @@ import numpy as np
 
 from terraseg.errors import DataError
 from terraseg.inference.runtime.types import Prediction, SensorMessage
+from terraseg.io.atomic import remove_stale_temporaries
 from terraseg.ontology import Ontology
 
 OUTPUT_PREFIX = "/segmentation"
@@ -220,6 +221,11 @@ class FileSink:
         self.written = 0
         self.dropped = 0
 
+    def start(self) -> None:
+        """Remove the temporaries an interrupted run left in the output folder (the statistics
+        JSON's); each stream's folders are cleaned when their writer starts."""
+        remove_stale_temporaries(self.out_dir)
+
     def folder(self, topic: str) -> Path:
         """The output folder of an input topic."""
         return self.out_dir / topic_slug(topic)
@@ -248,6 +254,7 @@ class FileSink:
 
             onto.check_ids(prediction.labels, source=f"{m.topic} prediction {m.seq}")
             if m.topic not in self._palettes:
+                remove_stale_temporaries(folder)
                 write_palette(folder / "ontology.yaml", onto)
                 self._palettes.add(m.topic)
             write_scan_prediction(folder, m.frame_id, BagSink._xyzi(m), prediction.labels, onto,

@@ -10,7 +10,14 @@ share:
   like ``ros2 bag play``; otherwise they come as fast as they can be read. A backwards jump of
   the timestamps (a new sequence) does not stall the clock; forward gaps are kept. A source
   that reads slower than real time emits late rather than skipping;
-- ``max_frames``: stop after that many messages of every topic.
+- ``max_frames``: stop after that many messages of every topic;
+- ``skip_bad``: a message (a bag message, a scan or image file, a dataset frame) that cannot be
+  read or decoded is skipped with one warning line naming it and the problem, and counted per
+  topic (:attr:`Source.skipped_by_topic`, and the runtime statistics' ``skipped``), instead of
+  ending the iteration with :class:`~terraseg.errors.DataError`; corrupted MCAP chunks of a bag
+  are skipped the same way;
+- :meth:`Source.prefetch` reads ahead to the first message of every topic before the clock
+  starts (the runtime warms its models up on them), without reading anything twice.
 
 Sources:
 
@@ -38,7 +45,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -70,11 +77,21 @@ class Source:
             they can be read.
         speed: playback speed factor in real-time mode (2.0 = twice the sensor rate).
         max_frames: stop after this many messages of every topic (None: all).
+        skip_bad: skip (and count) messages that cannot be read or decoded instead of failing.
+
+    Attributes:
+        skipped: messages skipped so far (``skip_bad``), all topics.
+        skipped_by_topic: the same per topic.
+        on_skip: called as ``on_skip(topic, count)`` for every skip (the runtime counts them
+            in its statistics); set it before iterating.
     """
 
     description = "source"
+    PREFETCH_LIMIT = 64
+    """Most messages :meth:`prefetch` reads ahead looking for the first message of every topic."""
 
-    def __init__(self, *, realtime: bool = False, speed: float = 1.0, max_frames: int | None = None) -> None:
+    def __init__(self, *, realtime: bool = False, speed: float = 1.0, max_frames: int | None = None,
+                 skip_bad: bool = False) -> None:
         if not (np.isfinite(speed) and speed > 0):
             raise ConfigError(f"playback speed must be positive, got {speed}")
         if max_frames is not None and max_frames < 1:
@@ -82,8 +99,24 @@ class Source:
         self.realtime = bool(realtime)
         self.speed = float(speed)
         self.max_frames = max_frames
+        self.skip_bad = bool(skip_bad)
         self.topics: dict[str, StreamKind] = {}
         self.skipped = 0
+        self.skipped_by_topic: dict[str, int] = {}
+        self.on_skip: Callable[[str, int], None] | None = None
+        self._gen: Iterator[SensorMessage] | None = None
+        self._ahead: deque[SensorMessage] = deque()
+        self._ahead_error: BaseException | None = None
+
+    def _skip(self, topic: str, problem: object, count: int = 1, warn: bool = True) -> None:
+        """Count ``count`` skipped messages of ``topic`` and (``warn``) log one warning line
+        ``skipped <problem>``; the problem names the message or file (a :class:`DataError`'s text)."""
+        self.skipped += count
+        self.skipped_by_topic[topic] = self.skipped_by_topic.get(topic, 0) + count
+        if warn:
+            log.warning("skipped %s", problem)
+        if self.on_skip is not None:
+            self.on_skip(topic, count)
 
     # ------------------------------------------------------------------ subclass API
     def _generate(self) -> Iterator[SensorMessage]:  # pragma: no cover - abstract
@@ -94,10 +127,42 @@ class Source:
         """Release files / handles (idempotent)."""
 
     # ------------------------------------------------------------------ iteration
+    def prefetch(self) -> dict[str, SensorMessage]:
+        """Read ahead to the first message of every topic (at most :data:`PREFETCH_LIMIT`
+        messages) and keep what was read for :meth:`messages`, which yields it first, paced from
+        the moment it is called: nothing is read twice and the clock starts later. Returns
+        topic -> first message (topics without one within the limit are missing). A read error
+        is kept and raised by :meth:`messages` at its place in the stream."""
+        if self._gen is None:
+            self._gen = self._generate()
+        first: dict[str, SensorMessage] = {m.topic: m for m in reversed(self._ahead)}
+        while self._ahead_error is None and len(first) < len(self.topics) and len(self._ahead) < self.PREFETCH_LIMIT:
+            t0 = time.perf_counter_ns()
+            try:
+                msg = next(self._gen)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - raised again by messages()
+                self._ahead_error = exc
+                break
+            msg.meta.setdefault("read_ms", (time.perf_counter_ns() - t0) / 1e6)
+            self._ahead.append(msg)
+            first.setdefault(msg.topic, msg)
+        return first
+
+    def _next(self, gen: Iterator[SensorMessage]) -> SensorMessage:
+        if self._ahead:
+            return self._ahead.popleft()
+        if self._ahead_error is not None:
+            exc, self._ahead_error = self._ahead_error, None
+            raise exc
+        return next(gen)
+
     def messages(self, stop: threading.Event | None = None) -> Iterator[SensorMessage]:
         """Yield the source's messages (see the module docstring); ``stop`` ends the iteration
         early and interrupts a real-time wait."""
-        gen = self._generate()
+        gen = self._gen if self._gen is not None else self._generate()
+        self._gen = None
         counts: dict[str, int] = {}
         prev_stamp: int | None = None
         due = 0.0
@@ -105,7 +170,7 @@ class Source:
             while stop is None or not stop.is_set():
                 t0 = time.perf_counter_ns()
                 try:
-                    msg = next(gen)
+                    msg = self._next(gen)
                 except StopIteration:
                     return
                 read_ms = (time.perf_counter_ns() - t0) / 1e6
@@ -136,7 +201,10 @@ class Source:
                 msg.received_ns = time.perf_counter_ns()
                 yield msg
         finally:
-            gen.close()
+            self._ahead.clear()
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
 
     def __iter__(self) -> Iterator[SensorMessage]:
         return self.messages()
@@ -199,7 +267,8 @@ class BagSource(Source):
             to decode colour-coded semantic images.
         gt_tolerance_ms: largest header-stamp difference between an image and its ground truth.
         gt_wait_ms: how long (bag record time) an image may wait for its ground truth.
-        skip_bad: skip undecodable messages (counted in :attr:`skipped`) instead of failing.
+        skip_bad: skip undecodable messages and corrupted MCAP chunks (one warning line each,
+            counted in :attr:`skipped_by_topic`) instead of failing.
         realtime, speed, max_frames: see :class:`Source`.
     """
 
@@ -210,7 +279,7 @@ class BagSource(Source):
                  max_frames: int | None = None) -> None:
         from terraseg.io.bags import open_bag
 
-        super().__init__(realtime=realtime, speed=speed, max_frames=max_frames)
+        super().__init__(realtime=realtime, speed=speed, max_frames=max_frames, skip_bad=skip_bad)
         if not camera and not lidar:
             raise ConfigError("BagSource: nothing to read (camera and lidar are both off)")
         self.path = Path(path)
@@ -218,8 +287,8 @@ class BagSource(Source):
         self.gt_ontology = gt_ontology
         self.gt_tolerance_ns = int(round(gt_tolerance_ms * 1e6))
         self.gt_wait_ns = int(round(max(gt_wait_ms, gt_tolerance_ms) * 1e6))
-        self.skip_bad = bool(skip_bad)
         self.bag = open_bag(self.path)
+        self.bag.skip_corrupted = self.skip_bad
         try:
             self._resolve(camera, lidar, camera_topics, lidar_topics, semantic_topic)
         except BaseException:
@@ -396,17 +465,26 @@ class BagSource(Source):
                 msg.calib = calib[info]
             return msg
 
+        chunks_seen = 0
+
+        def count_skipped_chunks() -> int:  # corrupted chunks passed over (the bag warned about each)
+            for chunk in self.bag.skipped_chunks[chunks_seen:]:
+                for t, n in chunk.messages.items():
+                    if t in wanted:
+                        self._skip(t, chunk.description, n, warn=False)
+            return len(self.bag.skipped_chunks)
+
         for topic, msgtype, index, record_ns, raw in self.bag.raw_messages(wanted):
+            chunks_seen = count_skipped_chunks()
             for cam, m in list(pending.items()):  # images whose ground truth did not come in time
                 if record_ns > m.meta["record_ns"] + self.gt_wait_ns:
                     yield attach(pending.pop(cam))
             try:
                 item = self._decode(topic, msgtype, index, record_ns, raw)
-            except DataError:
+            except DataError as exc:
                 if not self.skip_bad:
                     raise
-                self.skipped += 1
-                log.warning("skipping undecodable message %s", self.bag.where(topic, index), exc_info=True)
+                self._skip(topic, exc)
                 continue
             if isinstance(item, Calibration):
                 calib[topic] = item
@@ -434,6 +512,7 @@ class BagSource(Source):
                 if item.topic in pending:
                     yield attach(pending.pop(item.topic))
                 pending[item.topic] = item
+        count_skipped_chunks()
         for m in pending.values():
             yield attach(m)
 
@@ -451,7 +530,8 @@ class DatasetSource(Source):
             reader's keyword arguments, e.g. ``{"ontology": "sim"}``).
         camera, lidar: which streams to produce (the dataset must have them).
         rate_hz: frame rate when the frames have no timestamps.
-        realtime, speed, max_frames: see :class:`Source`.
+        realtime, speed, max_frames, skip_bad: see :class:`Source` (a frame that cannot be read
+            is skipped on every stream).
     """
 
     CAMERA_TOPIC = "images"
@@ -460,10 +540,10 @@ class DatasetSource(Source):
     def __init__(self, root: str | os.PathLike[str], *, kind: str = "auto", split: str = "all",
                  options: Mapping[str, Any] | None = None, camera: bool = True, lidar: bool = True,
                  rate_hz: float = 10.0, realtime: bool = False, speed: float = 1.0,
-                 max_frames: int | None = None) -> None:
+                 max_frames: int | None = None, skip_bad: bool = False) -> None:
         from terraseg.datasets import open_dataset
 
-        super().__init__(realtime=realtime, speed=speed, max_frames=max_frames)
+        super().__init__(realtime=realtime, speed=speed, max_frames=max_frames, skip_bad=skip_bad)
         self.root = Path(root)
         self.description = str(self.root)
         self.rate_hz = _check_rate(rate_hz)
@@ -486,7 +566,15 @@ class DatasetSource(Source):
 
     def _generate(self) -> Iterator[SensorMessage]:
         for i in range(len(self.dataset)):
-            f = self.dataset[i]
+            try:
+                f = self.dataset[i]
+            except DataError as exc:
+                if not self.skip_bad:
+                    raise
+                for n, topic in enumerate(self.topics):  # the frame's messages of every stream, one warning
+                    self._skip(topic, f"frame {i} of {self.root}: {exc}" if str(self.root) not in str(exc) else exc,
+                               warn=n == 0)
+                continue
             stamp = _stamp_from_seconds(f.timestamp, i, self.rate_hz)
             meta = {"index": i, "sequence": f.sequence}
             if self.camera:
@@ -509,58 +597,81 @@ class ImageSequenceSource(Source):
 
     The topic is the file / folder name; stamps are ``index / fps`` (videos: the container's
     frame rate, else ``rate_hz``); frame ids are ``frame_000000`` ... for videos and the image
-    stems otherwise.
+    stems otherwise. With ``skip_bad`` an unreadable image file is skipped (one warning line).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, rate_hz: float = 10.0, realtime: bool = False,
-                 speed: float = 1.0, max_frames: int | None = None) -> None:
-        from terraseg.inference.writers import VIDEO_SUFFIXES, iter_inputs, video_fps
+                 speed: float = 1.0, max_frames: int | None = None, skip_bad: bool = False) -> None:
+        from terraseg.inference.writers import VIDEO_SUFFIXES, iter_inputs, list_images, video_fps
 
-        super().__init__(realtime=realtime, speed=speed, max_frames=max_frames)
+        super().__init__(realtime=realtime, speed=speed, max_frames=max_frames, skip_bad=skip_bad)
         self.path = Path(path)
         self.description = str(self.path)
-        self._iter = iter_inputs(self.path)  # checks the path now
-        is_video = self.path.suffix.lower() in VIDEO_SUFFIXES
+        is_video = self.path.suffix.lower() in VIDEO_SUFFIXES and not self.path.is_dir()
+        self._video = iter_inputs(self.path) if is_video else None  # checks the path now
+        self._files = None if is_video else list_images(self.path)
         self.rate_hz = video_fps(self.path, default=_check_rate(rate_hz)) if is_video else _check_rate(rate_hz)
         self.topics = {self.path.name or "images": "camera"}
 
     def _generate(self) -> Iterator[SensorMessage]:
+        from terraseg.io.images import read_image
+
         topic = next(iter(self.topics))
-        for i, (stem, image) in enumerate(self._iter):
+        if self._video is not None:
+            for i, (stem, image) in enumerate(self._video):
+                yield SensorMessage("camera", topic, 0, _stamp_from_seconds(None, i, self.rate_hz), stem, image=image,
+                                    meta={"header_frame_id": "camera"})
+            return
+        assert self._files is not None
+        for i, (stem, file) in enumerate(self._files):
+            try:
+                image = read_image(file)
+            except DataError as exc:
+                if not self.skip_bad:
+                    raise
+                self._skip(topic, exc)
+                continue
             yield SensorMessage("camera", topic, 0, _stamp_from_seconds(None, i, self.rate_hz), stem, image=image,
                                 meta={"header_frame_id": "camera"})
 
     def close(self) -> None:
-        close = getattr(self._iter, "close", None)
+        close = getattr(self._video, "close", None)
         if close is not None:
             close()
 
 
 class ScanFolderSource(Source):
-    """A SemanticKITTI ``.bin`` scan or a folder of them (:func:`terraseg.inference.scans.iter_scans`),
-    at ``rate_hz``; the topic is the file / folder name."""
+    """A SemanticKITTI ``.bin`` scan or a folder of them (:func:`terraseg.inference.scans.list_scans`),
+    at ``rate_hz``; the topic is the file / folder name. With ``skip_bad`` an unreadable scan
+    (a size that is not a whole number of points, NaN coordinates) is skipped (one warning line)."""
 
     def __init__(self, path: str | os.PathLike[str], *, rate_hz: float = 10.0, realtime: bool = False,
-                 speed: float = 1.0, max_frames: int | None = None) -> None:
-        from terraseg.inference.scans import iter_scans
+                 speed: float = 1.0, max_frames: int | None = None, skip_bad: bool = False) -> None:
+        from terraseg.inference.scans import list_scans
 
-        super().__init__(realtime=realtime, speed=speed, max_frames=max_frames)
+        super().__init__(realtime=realtime, speed=speed, max_frames=max_frames, skip_bad=skip_bad)
         self.path = Path(path)
         self.description = str(self.path)
         self.rate_hz = _check_rate(rate_hz)
         if not self.path.exists():
             raise DataError(f"{self.path}: no such file or folder")
-        self._iter = iter_scans(self.path)
+        self._files = list_scans(self.path)
         self.topics = {self.path.name or "points": "lidar"}
 
     def _generate(self) -> Iterator[SensorMessage]:
+        from terraseg.inference.scans import read_scan
+
         topic = next(iter(self.topics))
-        for i, (stem, pts) in enumerate(self._iter):
+        for i, (stem, file) in enumerate(self._files):
+            try:
+                pts = read_scan(file)
+            except DataError as exc:
+                if not self.skip_bad:
+                    raise
+                self._skip(topic, exc)
+                continue
             yield SensorMessage("lidar", topic, 0, _stamp_from_seconds(None, i, self.rate_hz), stem, points=pts,
                                 meta={"header_frame_id": "lidar"})
-
-    def close(self) -> None:
-        self._iter.close()  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------- simulator
@@ -685,7 +796,8 @@ def open_source(spec: str | os.PathLike[str], *, camera: bool = True, lidar: boo
     bag, dataset layout, images, scans).
 
     ``camera`` / ``lidar`` say which streams are wanted (those with a model); the other keywords
-    go to the chosen source class and are rejected where they do not apply.
+    go to the chosen source class and are rejected where they do not apply; ``skip_bad`` skips
+    unreadable messages, files and frames of every kind of source (see :class:`Source`).
 
     Raises:
         DataError: a missing path or a layout that is not recognised.
@@ -693,6 +805,7 @@ def open_source(spec: str | os.PathLike[str], *, camera: bool = True, lidar: boo
     """
     common = {"realtime": realtime, "speed": speed, "max_frames": max_frames}
     s = str(spec)
+    readers = {**common, "skip_bad": skip_bad}
     bag_only = {"camera_topics": camera_topics, "lidar_topics": lidar_topics, "semantic_topic": semantic_topic}
 
     def reject(names: Mapping[str, Any], what: str) -> None:
@@ -708,7 +821,7 @@ def open_source(spec: str | os.PathLike[str], *, camera: bool = True, lidar: boo
         raise DataError(f"{path}: source not found (expected a bag, a video, a dataset folder or sim:...)")
     if is_bag_path(path):
         return BagSource(path, camera=camera, lidar=lidar, camera_topics=camera_topics, lidar_topics=lidar_topics,
-                         semantic_topic=semantic_topic, gt_ontology=gt_ontology, skip_bad=skip_bad, **common)
+                         semantic_topic=semantic_topic, gt_ontology=gt_ontology, **readers)
     reject(bag_only, "the non-bag source")
     from terraseg.inference.writers import INPUT_IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
@@ -717,11 +830,11 @@ def open_source(spec: str | os.PathLike[str], *, camera: bool = True, lidar: boo
         if suffix in SCAN_SUFFIXES:
             if camera:
                 raise ConfigError(f"{path}: a LiDAR scan has no camera images for the camera model")
-            return ScanFolderSource(path, rate_hz=rate_hz, **common)
+            return ScanFolderSource(path, rate_hz=rate_hz, **readers)
         if suffix in VIDEO_SUFFIXES or suffix in INPUT_IMAGE_SUFFIXES:
             if lidar:
                 raise ConfigError(f"{path}: a video / image has no point clouds for the LiDAR model")
-            return ImageSequenceSource(path, rate_hz=rate_hz, **common)
+            return ImageSequenceSource(path, rate_hz=rate_hz, **readers)
         raise DataError(f"{path}: unknown source type {suffix!r} (expected a bag {', '.join(BAG_SUFFIXES)}, a video "
                         f"{', '.join(VIDEO_SUFFIXES)}, an image, a .bin scan, a folder or sim:...)")
     from terraseg.datasets import detect_kind
@@ -733,9 +846,9 @@ def open_source(spec: str | os.PathLike[str], *, camera: bool = True, lidar: boo
         has_images = any(p.suffix.lower() in INPUT_IMAGE_SUFFIXES for p in path.rglob("*") if p.is_file())
         has_scans = not has_images and any(path.rglob("*.bin"))
         if has_images and not lidar and not options:
-            return ImageSequenceSource(path, rate_hz=rate_hz, **common)
+            return ImageSequenceSource(path, rate_hz=rate_hz, **readers)
         if has_scans and not camera and not options:
-            return ScanFolderSource(path, rate_hz=rate_hz, **common)
+            return ScanFolderSource(path, rate_hz=rate_hz, **readers)
         raise exc
     return DatasetSource(path, kind=kind, split=split, options=options, camera=camera, lidar=lidar, rate_hz=rate_hz,
-                         **common)
+                         **readers)

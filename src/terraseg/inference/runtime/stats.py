@@ -9,6 +9,11 @@ Definitions (all durations in milliseconds, times from ``time.perf_counter_ns``)
 - ``frames_in``: messages the reader handed to the pipeline; every one ends up ``predicted``
   (the sinks received it) or ``dropped`` with a reason, so ``frames_in == predicted + dropped``
   when the run has ended.
+- ``skipped``: messages left out as bad data with ``--skip-errors`` (``errors="skip"``):
+  ``skipped_by_stage["read"]`` could not be read or decoded (they never entered the pipeline,
+  so they are not in ``frames_in``), ``skipped_by_stage["inference"]`` were rejected by the
+  model (they are also in ``dropped``, reason ``error``). Skipped messages of topics that are
+  not streams (a ground-truth or camera-info topic) are counted in ``skipped_other_topics``.
 - stage times (``timings_ms`` of each :class:`~terraseg.inference.runtime.types.Prediction`):
   ``read`` (reading / decoding the message), ``queue`` (waiting for the inference worker),
   ``preprocess``, ``infer``, ``postprocess``, ``write`` (every sink) and ``total``
@@ -136,6 +141,7 @@ class StreamStats:
         backend: description of the backend that runs it.
         frames_in, predicted: message counts.
         dropped: reason -> count of dropped messages.
+        skipped: stage (``read`` / ``inference``) -> messages skipped as bad data.
         stages: stage name -> :class:`LatencyHistogram` (ms).
         queue_capacity, queue_high_water: the stream's inference queue: its size and the most
             messages it ever held.
@@ -150,6 +156,7 @@ class StreamStats:
     stages: dict[str, LatencyHistogram] = field(default_factory=dict)
     queue_capacity: int = 0
     queue_high_water: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
     first_in_ns: int | None = None
     last_in_ns: int | None = None
     last_out_ns: int | None = None
@@ -158,6 +165,10 @@ class StreamStats:
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
 
     @property
     def pending(self) -> int:
@@ -203,6 +214,8 @@ class StreamStats:
             "predicted": self.predicted,
             "dropped": self.dropped_total,
             "dropped_by_reason": dict(sorted(self.dropped.items())),
+            "skipped": self.skipped_total,
+            "skipped_by_stage": dict(sorted(self.skipped.items())),
             "pending": self.pending,
             "latency_ms": {k: total[k] for k in ("p50", "p95", "max", "mean", "min")},
             "stages_ms": {s: self.stages[s].summary() for s in order},
@@ -239,6 +252,7 @@ class RunStats:
         self.wall_s = 0.0
         self.in_flight = 0
         self.in_flight_max = 0
+        self.skipped_other: dict[str, int] = {}
 
     # ------------------------------------------------------------------ updates (any thread)
     def add_stream(self, topic: str, kind: StreamKind, backend: str = "", queue_capacity: int = 0) -> StreamStats:
@@ -286,6 +300,16 @@ class RunStats:
             s.dropped[reason] = s.dropped.get(reason, 0) + 1
             self.in_flight -= 1
 
+    def on_skip(self, topic: str, count: int = 1, stage: str = "read") -> None:
+        """``count`` messages of ``topic`` were skipped as bad data at ``stage`` (``read`` or
+        ``inference``); topics that are not streams go to :attr:`skipped_other`."""
+        with self._lock:
+            s = self.streams.get(topic)
+            if s is None:
+                self.skipped_other[topic] = self.skipped_other.get(topic, 0) + int(count)
+            else:
+                s.skipped[stage] = s.skipped.get(stage, 0) + int(count)
+
     def set_queue(self, name: str, capacity: int, high_water: int, topic: str | None = None) -> None:
         """Record a queue's capacity and high-water mark (and the stream's, for its inference queue)."""
         with self._lock:
@@ -314,6 +338,11 @@ class RunStats:
         return sum(s.dropped_total for s in self.streams.values())
 
     @property
+    def skipped(self) -> int:
+        """Messages skipped as bad data (``--skip-errors``), streams and other topics."""
+        return sum(s.skipped_total for s in self.streams.values()) + sum(self.skipped_other.values())
+
+    @property
     def balanced(self) -> bool:
         """True when every message read was predicted or dropped (holds once a run has ended)."""
         return all(s.pending == 0 for s in self.streams.values())
@@ -332,8 +361,9 @@ class RunStats:
                 "wall_s": round(wall, 3),
                 "settings": self.settings,
                 "totals": {"frames_in": self.frames_in, "predicted": self.predicted, "dropped": self.dropped,
-                           "in_flight_max": self.in_flight_max},
+                           "skipped": self.skipped, "in_flight_max": self.in_flight_max},
                 "streams": {t: s.to_dict() for t, s in self.streams.items()},
+                "skipped_other_topics": dict(sorted(self.skipped_other.items())),
                 "queues": {k: dict(v) for k, v in self.queues.items()},
             }
 
@@ -345,7 +375,8 @@ class RunStats:
         return atomic_write_text(path, self.to_json())
 
     def table(self, live: bool = False) -> Any:
-        """A rich table: one row per stream (topic): counts, FPS (``live``: over the last
+        """A rich table: one row per stream (topic): counts (``skip`` when messages were skipped
+        as bad data), FPS (``live``: over the last
         :data:`RECENT` outputs, else :meth:`StreamStats.throughput_fps`), latency p50 / p95 / max,
         mean inference time, queue high-water mark / capacity."""
         from rich import box
@@ -355,14 +386,17 @@ class RunStats:
                   caption="latency p50 / p95 / max and mean inference time in ms", title_justify="left",
                   caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         t.add_column("stream", justify="left", overflow="fold", min_width=16)
-        for col in ("in", "pred", "drop", "FPS", "p50", "p95", "max", "infer", "queue"):
+        show_skip = any(s.skipped for s in self.streams.values())
+        for col in ("in", "pred", "drop", *(("skip",) if show_skip else ()), "FPS", "p50", "p95", "max", "infer",
+                    "queue"):
             t.add_column(col, justify="right", no_wrap=True)
         with self._lock:
             for s in self.streams.values():
                 tot = s.stages.get("total")
                 inf = s.stages.get("infer")
                 fps = s.live_fps() if live else s.throughput_fps()
-                t.add_row(s.topic, str(s.frames_in), str(s.predicted), str(s.dropped_total), _fmt(fps),
+                t.add_row(s.topic, str(s.frames_in), str(s.predicted), str(s.dropped_total),
+                          *((str(s.skipped_total),) if show_skip else ()), _fmt(fps),
                           _fmt(tot.percentile(50) if tot else None), _fmt(tot.percentile(95) if tot else None),
                           _fmt(tot.max if tot and tot.count else None), _fmt(inf.mean if inf else None),
                           f"{s.queue_high_water}/{s.queue_capacity}")
