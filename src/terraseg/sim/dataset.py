@@ -167,8 +167,10 @@ def simulate_dataset(out: str | os.PathLike[str], frames: int = 100, seed: int =
                     bar.advance()
                 ok = True
             finally:
-                if writer is not None:  # a failed or interrupted drive leaves no partial bag
-                    writer.close() if ok else writer.abort()
+                if writer is not None and ok:
+                    writer.close()
+                elif writer is not None:  # a failed or interrupted drive leaves no partial bag
+                    writer.abort()
             if rig.lidar is not None:
                 _write_kitti_meta(seq_dir, rig, np.array(lidar_poses), times)
     if cam_writer is not None:
