@@ -42,7 +42,7 @@ from terraseg.label_efficient.contrast import (
     region_contrastive_loss,
     region_pseudo_labels,
 )
-from terraseg.label_efficient.distill import DistillHead, cosine_distill_loss, kl_distill_loss
+from terraseg.label_efficient.distill import DistillHead, cosine_distill_loss, forward_with_features, kl_distill_loss
 from terraseg.label_efficient.fusion import (
     FusedFeatures,
     TeacherPointFeatures,
@@ -107,6 +107,7 @@ __all__ = [
     "find_classifier",
     "frame_rng",
     "free_energy",
+    "forward_with_features",
     "fuse_view_features",
     "kl_distill_loss",
     "load_open_clip",

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from terraseg.errors import ConfigError, DataError
+from terraseg.label_efficient.teacher import find_classifier
 
 
 def _flat(t: Tensor, what: str) -> Tensor:
@@ -59,6 +60,31 @@ class DistillHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.proj(features)
+
+
+def forward_with_features(model: nn.Module, inputs: object, layer: str | None = None) -> tuple[Tensor, Tensor]:
+    """``(output, features)``: ``model(inputs)`` and the input of its main classifier layer.
+
+    Works for any network that lists its classifier in ``class_heads`` (RandLA-Net: ``head.3``,
+    whose input is the ``(B, N, C)`` per-point penultimate features) or whose classifier is named
+    by ``layer``; the features stay in the autograd graph, so distillation and region losses can
+    train the backbone through them. Networks with a ``forward_features`` method (the voxel U-Net)
+    do not need this.
+    """
+    name, module = find_classifier(model, layer)
+    captured: dict[str, Tensor] = {}
+
+    def hook(_m: nn.Module, args: tuple[Tensor, ...], _out: Tensor) -> None:
+        captured["features"] = args[0]
+
+    handle = module.register_forward_hook(hook)
+    try:
+        out = model(inputs)
+    finally:
+        handle.remove()
+    if "features" not in captured:
+        raise ConfigError(f"layer {name!r} did not run in the forward pass of {type(model).__name__}")
+    return out, captured["features"]
 
 
 def cosine_distill_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
