@@ -77,7 +77,7 @@ def test_degenerate_neighbourhoods_are_invalid() -> None:
 
 def test_region_growing_recovers_two_planes_and_a_box() -> None:
     pts, obj, surf = two_planes_and_a_box()
-    regions = region_growing(pts)
+    regions = region_growing(pts, max_radius=None)
     assert regions.dtype == np.int64 and regions.min() == 0
     # the ground, the wall and the box's five visible faces, nothing else
     assert regions.max() + 1 == 7
@@ -91,6 +91,13 @@ def test_region_growing_recovers_two_planes_and_a_box() -> None:
     # too strict an angle fragments the box-ground edges less than it fragments noisy surfaces
     strict = region_growing(pts, smoothness_deg=0.5, min_size=1)
     assert strict.max() + 1 > 50
+    # the default 3 m radius around each seed cuts the 8 x 8 m ground and the wall into pieces,
+    # and no piece crosses an object border
+    bounded = region_growing(pts)
+    assert bounded.max() + 1 > 10 and region_purity(bounded, obj).purity > 0.995
+    for r in np.unique(bounded):
+        p = pts[bounded == r]
+        assert (np.ptp(p, axis=0) <= 6.0 + 0.05).all()  # within a 3 m ball around the seed
 
 
 def test_region_growing_curvature_test_and_seed_mode() -> None:
@@ -98,12 +105,14 @@ def test_region_growing_curvature_test_and_seed_mode() -> None:
     # curvature threshold 0: no point continues the growth, regions are seeds plus neighbours
     tiny = region_growing(pts, curvature_threshold=0.0, min_size=1)
     assert tiny.max() + 1 > 300
-    seeded = region_growing(pts, smooth_mode=False)
+    seeded = region_growing(pts, smooth_mode=False, max_radius=None)
     assert region_purity(seeded, surf).purity > 0.99
     with pytest.raises(DataError, match="smoothness_deg"):
         region_growing(pts, smoothness_deg=120)
     with pytest.raises(DataError, match="min_size"):
         region_growing(pts, min_size=0)
+    with pytest.raises(DataError, match="max_radius"):
+        region_growing(pts, max_radius=0.0)
     assert region_growing(np.zeros((0, 3))).shape == (0,)
 
 
@@ -150,5 +159,5 @@ def test_region_boundaries() -> None:
     # a radius below the point spacing sees no neighbour
     assert not region_boundaries(pts, regions, k=3, max_distance=0.5).any()
     pts_s, _, surf = two_planes_and_a_box()
-    share = region_boundaries(pts_s, region_growing(pts_s)).mean()
+    share = region_boundaries(pts_s, region_growing(pts_s, max_radius=None)).mean()
     assert 0.01 < share < 0.15
