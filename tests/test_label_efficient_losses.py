@@ -64,10 +64,10 @@ def test_boundary_energy_loss_hand_values() -> None:
     assert (g[0] < 0).all()  # descending the loss raises the flat point's logits: more confident
     # soft weights (e.g. the boundary head's probabilities) weight the hinge
     w = torch.tensor([0.5, 0.0, 0.25])
-    assert float(boundary_energy_loss(logits, w, margin=-1.0)) == pytest.approx((e0 + 1) ** 2, rel=1e-6)
+    assert float(boundary_energy_loss(logits.detach(), w, margin=-1.0)) == pytest.approx((e0 + 1) ** 2, rel=1e-6)
     # (B, N, K) logits with (B, N) weights; no boundary point: 0 attached to the graph
     zero = boundary_energy_loss(logits[None], torch.zeros(1, 3), margin=-1.0)
-    assert float(zero) == 0.0 and zero.requires_grad
+    assert float(zero.detach()) == 0.0 and zero.requires_grad
     with pytest.raises(DataError, match="boundary weights have 2 points, the logits 3"):
         boundary_energy_loss(logits, torch.ones(2))
 
