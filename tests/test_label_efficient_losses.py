@@ -22,6 +22,11 @@ from terraseg.label_efficient import (
 )
 
 
+def _v(t: torch.Tensor) -> float:
+    """A scalar loss value, read without touching the graph."""
+    return float(t.detach())
+
+
 def test_boundary_head_shapes_and_loss() -> None:
     torch.manual_seed(0)
     head = BoundaryHead(8)
@@ -31,11 +36,11 @@ def test_boundary_head_shapes_and_loss() -> None:
     z = torch.zeros(4)
     y = torch.tensor([1, 0, 0, 0], dtype=torch.bool)
     # zero logits: log 2 per point; balanced weight 3 on the single boundary point -> (3 + 3) / 4 * log 2
-    assert float(boundary_loss(z, y)) == pytest.approx(1.5 * math.log(2), rel=1e-6)
-    assert float(boundary_loss(z, y, pos_weight=None)) == pytest.approx(math.log(2), rel=1e-6)
-    assert float(boundary_loss(z, y, pos_weight=3.0)) == pytest.approx(1.5 * math.log(2), rel=1e-6)
+    assert _v(boundary_loss(z, y)) == pytest.approx(1.5 * math.log(2), rel=1e-6)
+    assert _v(boundary_loss(z, y, pos_weight=None)) == pytest.approx(math.log(2), rel=1e-6)
+    assert _v(boundary_loss(z, y, pos_weight=3.0)) == pytest.approx(1.5 * math.log(2), rel=1e-6)
     valid = torch.tensor([True, True, False, False])
-    assert float(boundary_loss(z, y, valid=valid)) == pytest.approx(math.log(2), rel=1e-6)  # balanced: 1 vs 1
+    assert _v(boundary_loss(z, y, valid=valid)) == pytest.approx(math.log(2), rel=1e-6)  # balanced: 1 vs 1
     z.requires_grad_(True)
     boundary_loss(z, y).backward()
     assert z.grad is not None and z.grad[0] < 0 < z.grad[1]
@@ -44,10 +49,10 @@ def test_boundary_head_shapes_and_loss() -> None:
 
 
 def test_free_energy_hand_values() -> None:
-    assert float(free_energy(torch.zeros(1, 2))) == pytest.approx(-math.log(2))
-    assert float(free_energy(torch.zeros(1, 20))) == pytest.approx(-math.log(20))
-    assert float(free_energy(torch.zeros(1, 2), temperature=2.0)) == pytest.approx(-2 * math.log(2))
-    assert float(free_energy(torch.tensor([[10.0, 0.0]]))) == pytest.approx(-(10 + math.log1p(math.exp(-10))))
+    assert _v(free_energy(torch.zeros(1, 2))) == pytest.approx(-math.log(2))
+    assert _v(free_energy(torch.zeros(1, 20))) == pytest.approx(-math.log(20))
+    assert _v(free_energy(torch.zeros(1, 2), temperature=2.0)) == pytest.approx(-2 * math.log(2))
+    assert _v(free_energy(torch.tensor([[10.0, 0.0]]))) == pytest.approx(-(10 + math.log1p(math.exp(-10))))
     with pytest.raises(ConfigError, match="temperature"):
         free_energy(torch.zeros(1, 2), temperature=0)
 
@@ -57,17 +62,17 @@ def test_boundary_energy_loss_hand_values() -> None:
     e0 = -math.log(2)
     # margin -1: the flat point is 1 - log 2 above it, the confident one below; the third is not a boundary
     loss = boundary_energy_loss(logits, torch.tensor([True, True, False]), margin=-1.0)
-    assert float(loss.detach()) == pytest.approx((e0 + 1) ** 2 / 2, rel=1e-6)
+    assert _v(loss.detach()) == pytest.approx((e0 + 1) ** 2 / 2, rel=1e-6)
     loss.backward()
     g = logits.grad
     assert g is not None and g[2].abs().sum() == 0 and g[1].abs().sum() < 1e-6
     assert (g[0] < 0).all()  # descending the loss raises the flat point's logits: more confident
     # soft weights (e.g. the boundary head's probabilities) weight the hinge
     w = torch.tensor([0.5, 0.0, 0.25])
-    assert float(boundary_energy_loss(logits.detach(), w, margin=-1.0)) == pytest.approx((e0 + 1) ** 2, rel=1e-6)
+    assert _v(boundary_energy_loss(logits.detach(), w, margin=-1.0)) == pytest.approx((e0 + 1) ** 2, rel=1e-6)
     # (B, N, K) logits with (B, N) weights; no boundary point: 0 attached to the graph
     zero = boundary_energy_loss(logits[None], torch.zeros(1, 3), margin=-1.0)
-    assert float(zero.detach()) == 0.0 and zero.requires_grad
+    assert _v(zero.detach()) == 0.0 and zero.requires_grad
     with pytest.raises(DataError, match="boundary weights have 2 points, the logits 3"):
         boundary_energy_loss(logits, torch.ones(2))
 
@@ -93,24 +98,24 @@ def test_region_contrastive_loss_hand_values() -> None:
     t = 0.4
     loss = region_contrastive_loss(feats, confident, regions, temperature=t)
     # each anchor: one positive at cosine 1, two negatives at cosine 0
-    assert float(loss) == pytest.approx(math.log(1 + 2 * math.exp(-1 / t)), rel=1e-5)
+    assert _v(loss) == pytest.approx(math.log(1 + 2 * math.exp(-1 / t)), rel=1e-5)
     loss.backward()
     assert feats.grad is not None and feats.grad.abs().sum() > 0
     # region 3 unsure (class 1 at p = 0.88): left out; anchor 2 then has no positive
     unsure = confident.clone()
     unsure[3] = torch.tensor([-1.0, 1.0])
     loss = region_contrastive_loss(feats, unsure, regions, temperature=t, confidence=0.9)
-    assert float(loss) == pytest.approx(math.log(1 + math.exp(-1 / t)), rel=1e-5)
+    assert _v(loss) == pytest.approx(math.log(1 + math.exp(-1 / t)), rel=1e-5)
     # ... unless a sparse label says what it is
     loss = region_contrastive_loss(feats, unsure, regions, temperature=t, labels=torch.tensor([255, 255, 255, 1]),
                                    ignore_index=255)
-    assert float(loss) == pytest.approx(math.log(1 + 2 * math.exp(-1 / t)), rel=1e-5)
+    assert _v(loss) == pytest.approx(math.log(1 + 2 * math.exp(-1 / t)), rel=1e-5)
     # a lower threshold admits it too; the default temperature is 0.4
-    assert float(region_contrastive_loss(feats, unsure, regions, confidence=0.5)) == pytest.approx(
+    assert _v(region_contrastive_loss(feats, unsure, regions, confidence=0.5)) == pytest.approx(
         math.log(1 + 2 * math.exp(-1 / t)), rel=1e-5)
     # no positive pair at all: 0, attached
     lonely = region_contrastive_loss(feats[[0, 2]], confident[[0, 2]], torch.tensor([0, 1]))
-    assert float(lonely) == 0.0 and lonely.requires_grad
+    assert _v(lonely) == 0.0 and lonely.requires_grad
     with pytest.raises(ConfigError, match="temperature"):
         region_contrastive_loss(feats, confident, regions, temperature=0)
     with pytest.raises(ConfigError, match="confidence"):
@@ -126,29 +131,29 @@ def test_region_contrastive_loss_pools_points_and_caps_regions() -> None:
     a = region_contrastive_loss(feats, logits, regions, confidence=0.0, max_regions=40, generator=g)
     b = region_contrastive_loss(feats, logits, regions, confidence=0.0, max_regions=40,
                                 generator=torch.Generator().manual_seed(0))
-    assert float(a) == float(b) > 0  # same generator, same subset
+    assert _v(a) == _v(b) > 0  # same generator, same subset
     full = region_contrastive_loss(feats, logits, regions, confidence=0.0, max_regions=None)
-    assert math.isfinite(float(full)) and float(full) > 0
+    assert math.isfinite(_v(full)) and _v(full) > 0
 
 
 def test_distillation_losses_hand_values() -> None:
     pred = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
     target = torch.tensor([[3.0, 0.0], [1.0, 0.0]])
-    assert float(cosine_distill_loss(pred, target)) == pytest.approx(0.5)
-    assert float(cosine_distill_loss(pred, target, valid=torch.tensor([True, False]))) == pytest.approx(0.0)
+    assert _v(cosine_distill_loss(pred, target)) == pytest.approx(0.5)
+    assert _v(cosine_distill_loss(pred, target, valid=torch.tensor([True, False]))) == pytest.approx(0.0)
     none = cosine_distill_loss(pred, target, valid=torch.tensor([False, False]))
-    assert float(none) == 0.0 and none.requires_grad
-    assert float(cosine_distill_loss(pred[None], target[None])) == pytest.approx(0.5)  # (B, N, D)
+    assert _v(none) == 0.0 and none.requires_grad
+    assert _v(cosine_distill_loss(pred[None], target[None])) == pytest.approx(0.5)  # (B, N, D)
     teacher = torch.tensor([[0.5, 0.5]])
-    assert float(kl_distill_loss(torch.zeros(1, 2), teacher)) == pytest.approx(0.0, abs=1e-7)
+    assert _v(kl_distill_loss(torch.zeros(1, 2), teacher)) == pytest.approx(0.0, abs=1e-7)
     student = torch.tensor([[math.log(3.0), 0.0]])  # p = (0.75, 0.25)
-    assert float(kl_distill_loss(student, teacher)) == pytest.approx(0.5 * math.log(4 / 3), rel=1e-5)
+    assert _v(kl_distill_loss(student, teacher)) == pytest.approx(0.5 * math.log(4 / 3), rel=1e-5)
     # logits teacher with T = 2: both sides softened, times T^2
     t_logits = torch.tensor([[2.0, 0.0]])
     pt = torch.softmax(t_logits / 2, 1)
     ps = torch.softmax(student / 2, 1)
-    want = 4 * float((pt * (pt.log() - ps.log())).sum())
-    assert float(kl_distill_loss(student, t_logits, temperature=2.0, teacher_is="logits")) == pytest.approx(want, rel=1e-5)
+    want = 4 * _v((pt * (pt.log() - ps.log())).sum())
+    assert _v(kl_distill_loss(student, t_logits, temperature=2.0, teacher_is="logits")) == pytest.approx(want, rel=1e-5)
     with pytest.raises(ConfigError, match="teacher_is"):
         kl_distill_loss(student, teacher, teacher_is="scores")
     with pytest.raises(DataError, match="differ in shape"):
