@@ -148,3 +148,22 @@ def test_bench_runtime_runs() -> None:
         done, total = r[-1].split("/")
         assert int(total) == 6 and 0 <= int(done) <= 6 and float(r[-2]) > 0  # every frame predicted or dropped
     assert "(goal >= 15 FPS)" in out and "(goal <= 100 ms)" in out
+
+
+def test_bench_regions_runs() -> None:
+    out = _run("bench_regions.py", "--scans", "1", "--synthetic", "--threads", "1")
+    header, rows = _table(out, "method")
+    assert header == ["method", "params", "regions/scan", "purity", "ms/scan", "x", "supervoxels", "1m"]
+    assert [r[:2] for r in rows] == [["region-growing", "default"], ["region-growing", "radius=none"],
+                                     ["region-growing", "5deg"], ["supervoxels", "0.5m"], ["supervoxels", "1.0m"],
+                                     ["supervoxels", "2.0m"]]
+    ref = float(rows[4][4])
+    for r in rows:
+        regions, purity, ms, ratio = float(r[2].replace(",", "")), float(r[3]), float(r[4]), float(r[5])
+        assert regions >= 1 and 0 < purity <= 1 and ms > 0
+        assert ratio == pytest.approx(ms / ref, rel=0.05, abs=0.01)
+    assert rows[4][5] == "1.00"
+    # finer supervoxels: more regions, purer
+    assert float(rows[3][2].replace(",", "")) > float(rows[4][2].replace(",", "")) > float(rows[5][2].replace(",", ""))
+    assert float(rows[3][3]) >= float(rows[4][3]) >= float(rows[5][3])
+    assert "simulator scans (os1-64-1024, forest and meadow): 2 scans" in out and "real scans" not in out
