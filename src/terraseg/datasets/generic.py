@@ -42,7 +42,7 @@ from terraseg.frame import XYZI, Calibration, Frame
 from terraseg.io.calib import read_calib_yaml
 from terraseg.io.images import IMAGE_SUFFIXES, read_image
 from terraseg.io.labels import read_color_png, read_label_png
-from terraseg.io.palette import PALETTE_SUFFIXES, find_palette_file, load_palette
+from terraseg.io.palette import find_palette_file, load_palette
 from terraseg.io.scans import read_bin, read_label
 from terraseg.ontology import LabelMap, Ontology, decode_colors, get_ontology
 
@@ -85,15 +85,6 @@ class _Files:
 
 
 # ============================================================================ ontology resolution
-def _load_ontology_arg(value: Ontology | str | os.PathLike[str]) -> Ontology:
-    if isinstance(value, Ontology):
-        return value
-    s = str(value)
-    if Path(s).is_file() or os.sep in s or s.lower().endswith(PALETTE_SUFFIXES):
-        return load_palette(s)
-    return get_ontology(s)
-
-
 def resolve_ontology(root: Path, ontology: Ontology | str | os.PathLike[str] | None = None,
                      palette: Ontology | str | os.PathLike[str] | None = None) -> tuple[Ontology | None, Ontology | None]:
     """(label ontology, colour palette) of a generic dataset folder.
@@ -103,8 +94,8 @@ def resolve_ontology(root: Path, ontology: Ontology | str | os.PathLike[str] | N
     (same kinds of values) gives the colours of RGB masks when they differ from the ontology's;
     it defaults to the ontology. Its ids must be ids of the ontology.
     """
-    onto = _load_ontology_arg(ontology) if ontology is not None else None
-    pal = _load_ontology_arg(palette) if palette is not None else None
+    onto = get_ontology(ontology) if ontology is not None else None
+    pal = get_ontology(palette) if palette is not None else None
     if onto is None and pal is None:
         if (root / "ontology.yaml").is_file():
             onto = load_palette(root / "ontology.yaml")
