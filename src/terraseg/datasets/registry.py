@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from terraseg.datasets.base import FrameDataset
-from terraseg.errors import DataError
+from terraseg.errors import ConfigError, DataError
 
 # kind -> (module, class, one-line layout description)
 DATASET_KINDS: dict[str, tuple[str, str, str]] = {
@@ -75,6 +79,38 @@ def open_dataset(root: str | os.PathLike[str], kind: str = "auto", split: str = 
     """
     k = detect_kind(root) if kind == "auto" else kind
     cls = dataset_class(k)
+    known = reader_options(k)
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise ConfigError(f"dataset kind {k!r} has no option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                          f"(its options: {', '.join(known)})")
     if remap is not None:
         kwargs["remap"] = remap
     return cls(root, split=split, **kwargs)  # type: ignore[call-arg]
+
+
+def reader_options(kind: str) -> list[str]:
+    """The keyword options of a dataset kind's reader (``data.options`` / ``--data-option`` keys)."""
+    params = inspect.signature(dataset_class(kind).__init__).parameters
+    return [n for n, p in params.items() if n not in ("self", "root", "split")
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def parse_reader_options(items: Iterable[str], where: str = "--data-option") -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` from the command line as reader options.
+
+    Values are read as YAML scalars, as in recipes: ``true`` / ``false`` are booleans, ``0`` is an
+    int, ``null`` is None, anything else (``annotations``, ``palette.csv``, ``_mask``) a string.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{where} {item!r}: expected KEY=VALUE, e.g. masks_dir=annotations")
+        try:
+            v = yaml.safe_load(val) if val.strip() else ""
+        except yaml.YAMLError:
+            v = val
+        out[key] = v if v is None or isinstance(v, (str, int, float, bool)) else val  # lists, dates: as written
+    return out

@@ -10,7 +10,7 @@ LabelMap(goose -> traversability)
 
 from terraseg.ontology.colors import decode_colors, encode_colors
 from terraseg.ontology.core import ClassInfo, Ontology, color_hex, parse_color
-from terraseg.ontology.labelmap import LabelMap
+from terraseg.ontology.labelmap import LabelMap, get_label_map
 from terraseg.ontology.palette import PALETTE_SUFFIXES, find_palette_file, load_palette
 from terraseg.ontology.registry import (
     builtin_map_path,
@@ -31,6 +31,7 @@ __all__ = [
     "decode_colors",
     "encode_colors",
     "find_palette_file",
+    "get_label_map",
     "get_ontology",
     "list_label_maps",
     "list_ontologies",

@@ -85,5 +85,6 @@ def builtin_map_path(source: str, target: str) -> Path:
     p = _data_dir() / "maps" / f"{source}__{target}.yaml"
     if not p.is_file():
         pairs = ", ".join(f"{a}->{b}" for a, b in list_label_maps())
-        raise ConfigError(f"no built-in label map from {source!r} to {target!r} (built-in: {pairs})")
+        raise ConfigError(f"no built-in label map from {source!r} to {target!r} (built-in: {pairs}; "
+                          "or give the path of a label map YAML)")
     return p
