@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from terraseg.cli import (  # noqa: F401,E501  (register sub-commands)
+from terraseg.cli import (  # noqa: F401  (register sub-commands)
     aggregate,
     bags,
     convert_masks,
