@@ -90,7 +90,8 @@ def eval_cmd(
         raise ConfigError(f"{ckpt}: the checkpoint does not say its label ontology")
     opts = {**(rdata.get("options") or {}), **parse_reader_options(data_option or [])}
     remap = opts.pop("remap", rdata.get("remap"))  # --data-option remap=MAP overrides the recipe's data.remap
-    frames = open_dataset(root, kind=kind or rdata.get("kind") or "auto", split=split_name, remap=remap, **opts)
+    frames = open_dataset(root, kind=kind or rdata.get("kind") or "auto", split=split_name, remap=remap,
+                          labels_ontology=onto, **opts)
     data_onto = getattr(frames, "ontology", None)
     if data_onto is not None and not data_onto.same_classes(onto):
         raise ConfigError(f"{root}: the labels are in ontology {data_onto.name!r} but {ckpt} predicts {onto.name!r}; "

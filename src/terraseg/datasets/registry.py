@@ -67,19 +67,27 @@ def detect_kind(root: str | os.PathLike[str]) -> str:
 
 
 def open_dataset(root: str | os.PathLike[str], kind: str = "auto", split: str = "all",
-                 remap: Any = None, **kwargs: Any) -> FrameDataset:
+                 remap: Any = None, *, labels_ontology: Any = None, **kwargs: Any) -> FrameDataset:
     """Open a dataset folder as a :class:`FrameDataset`.
 
     Args:
         kind: one of :data:`DATASET_KINDS`, or ``auto`` to detect it from the layout.
         split: ``train``, ``val``, ``test`` or ``all``.
-        remap: a LabelMap or target ontology name applied on load (``None`` keeps the reader's
-            default, which for SemanticKITTI is the learning map to train ids).
+        remap: a label map applied on load: a LabelMap, a map YAML, ``SOURCE->TARGET`` or a
+            target ontology name (``None`` keeps the reader's default, which for SemanticKITTI is
+            the learning map to train ids).
+        labels_ontology: the ontology the caller expects the labels in (a recipe's
+            ``data.ontology``, a checkpoint's ontology). Given to a reader that takes an
+            ``ontology`` option when ``kwargs`` name none and there is no ``remap``, so a generic
+            folder of colour masks is decoded with it.
         kwargs: reader-specific options (suffixes, camera, ontology ...).
     """
     k = detect_kind(root) if kind == "auto" else kind
     cls = dataset_class(k)
     known = reader_options(k)
+    if labels_ontology is not None and remap is None and "ontology" in known and kwargs.get("ontology") is None \
+            and kwargs.get("palette") is None and not _has_own_ontology(Path(root)):
+        kwargs["ontology"] = labels_ontology
     unknown = sorted(set(kwargs) - set(known))
     if unknown:
         raise ConfigError(f"dataset kind {k!r} has no option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
@@ -114,3 +122,10 @@ def parse_reader_options(items: Iterable[str], where: str = "--data-option") -> 
             v = val
         out[key] = v if v is None or isinstance(v, (str, int, float, bool)) else val  # lists, dates: as written
     return out
+
+
+def _has_own_ontology(root: Path) -> bool:
+    """Whether a generic folder names its ontology itself (``ontology.yaml`` or ``palette.*``)."""
+    from terraseg.ontology import PALETTE_SUFFIXES
+
+    return (root / "ontology.yaml").is_file() or any((root / f"palette{s}").is_file() for s in PALETTE_SUFFIXES)

@@ -136,6 +136,9 @@ def _read_text(p: Path) -> list[_Entry]:
             continue
         where = f"{p}, line {lineno}"
         tokens = line.replace(",", " ").split()
+        if not tokens[0].isdigit():
+            raise ConfigError(f"{where}: class id must be an integer, got {tokens[0]!r} (expected lines 'id name r g b' "
+                              f"or 'id name #rrggbb', got {raw.strip()!r})")
         if len(tokens) >= 3 and tokens[-1].startswith("#"):
             color_tokens, name_tokens = tokens[-1:], tokens[1:-1]
         elif len(tokens) >= 5:

@@ -88,7 +88,7 @@ def _open(cfg: TrainConfig, split: str) -> Any:
     d = cfg.data
     opts = dict(d.options)
     try:
-        return open_dataset(d.root, kind=d.kind, split=split, remap=d.remap, **opts)
+        return open_dataset(d.root, kind=d.kind, split=split, remap=d.remap, labels_ontology=d.ontology, **opts)
     except TypeError as exc:
         raise ConfigError(f"{cfg.source}: data.options: {exc}") from None
 
