@@ -557,3 +557,27 @@ def test_library_errors_are_terraseg_errors(bad: Path) -> None:
         open_dataset(bad / "ds", kind="generic", masks_dir="labels")
     with pytest.raises(ConfigError, match="has no classes \\['weeds'\\]"):
         open_dataset(bad / "ds", kind="generic", ontology=bad / "farm.txt", remap=bad / "unknown_classes.yaml")
+
+
+def test_builtin_map_by_name_initialises_class_rows() -> None:
+    """``model.label_map: semantickitti->rellis3d`` (the fine-tuning recipe's map, by name)."""
+    import torch
+    from torch import nn
+
+    from terraseg.models.surgery import load_weights
+
+    class Head(nn.Module):
+        def __init__(self, k: int) -> None:
+            super().__init__()
+            self.head = nn.Conv2d(4, k, 1)
+            self.class_heads = {"head": 0}
+
+    torch.manual_seed(0)
+    src, dst = Head(20), Head(20)
+    rep = load_weights(dst, src.state_dict(), source_ontology="semantickitti", target_ontology="rellis3d",
+                       label_map="semantickitti->rellis3d")
+    k, r = get_ontology("semantickitti"), get_ontology("rellis3d")
+    vehicles = [k.id_of(n) for n in ("car", "bicycle", "motorcycle", "truck", "other_vehicle")]
+    assert torch.allclose(dst.head.weight[r.id_of("vehicle")], src.head.weight[vehicles].mean(0))
+    assert torch.equal(dst.head.weight[r.id_of("tree")], src.head.weight[k.id_of("trunk")])
+    assert len(rep.new_classes) == 7  # 13 of the 20 RELLIS-3D classes have a source

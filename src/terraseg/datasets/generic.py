@@ -453,7 +453,7 @@ class GenericDataset(FrameDataset):
             if s not in known:
                 lineno = next(i for i, ln in enumerate(lst.read_text().splitlines(), 1) if ln.strip() == s)
                 raise DataError(f"{lst}, line {lineno}: stem {s!r} has no files in "
-                                f"{', '.join(self.dirs[m] + '/' for m in self.modalities)}")
+                                f"{', '.join(self.dirs[m] for m in self.modalities)}/")
             if s in seen:
                 raise DataError(f"{lst}: stem {s!r} listed twice")
             seen.add(s)
