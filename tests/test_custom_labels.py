@@ -581,3 +581,32 @@ def test_builtin_map_by_name_initialises_class_rows() -> None:
     assert torch.allclose(dst.head.weight[r.id_of("vehicle")], src.head.weight[vehicles].mean(0))
     assert torch.equal(dst.head.weight[r.id_of("tree")], src.head.weight[k.id_of("trunk")])
     assert len(rep.new_classes) == 7  # 13 of the 20 RELLIS-3D classes have a source
+
+
+def test_ontology_show_and_maps_take_a_users_files(files: Path) -> None:
+    code, out = run("ontology", "show", files / "farm.txt")
+    assert code == 0 and "farm: palette farm.txt" in out and "void, ignored" in out, out
+    code, out = run("ontology", "maps", files / "farm_to_coarse.yaml")
+    assert code == 0 and "farm -> coarse" in out and "crop" in out and "ground" in out, out
+    d = dict(FARM_TO_COARSE, mapping={k: v for k, v in FARM_TO_COARSE["mapping"].items() if k != "sky"})
+    (files / "partial.yaml").write_text(yaml.safe_dump(d))
+    code, out = run("ontology", "maps", files / "partial.yaml")
+    one_clear_error(code, out, "partial.yaml: source classes neither mapped nor dropped: ['sky']")
+
+
+def test_a_recipes_ontology_reaches_only_the_generic_reader(tmp_path: Path) -> None:
+    from test_inspect import make_kitti
+
+    ids = make_kitti(tmp_path / "kitti")  # raw ids; the SemanticKITTI reader's own 'ontology' option means raw space
+    ds = open_dataset(tmp_path / "kitti", split="train", labels_ontology="semantickitti")
+    assert ds.ontology.name == "semantickitti"
+    np.testing.assert_array_equal(np.concatenate([f.point_labels for f in ds]), ids["00"])
+    write_farm_dataset(tmp_path / "g", masks_dir="masks")
+    (tmp_path / "g" / "colormap.txt").unlink()  # the folder names no ontology: the caller's decodes the colours
+    g = open_dataset(tmp_path / "g", kind="generic", labels_ontology=_palette_file(tmp_path))
+    assert g.ontology.name == "farm" and g[0].image_labels.max() <= 3
+
+
+def _palette_file(tmp_path: Path) -> Path:
+    (tmp_path / "farm.txt").write_text(PALETTE)
+    return tmp_path / "farm.txt"

@@ -77,15 +77,17 @@ def open_dataset(root: str | os.PathLike[str], kind: str = "auto", split: str = 
             target ontology name (``None`` keeps the reader's default, which for SemanticKITTI is
             the learning map to train ids).
         labels_ontology: the ontology the caller expects the labels in (a recipe's
-            ``data.ontology``, a checkpoint's ontology). Given to a reader that takes an
-            ``ontology`` option when ``kwargs`` name none and there is no ``remap``, so a generic
-            folder of colour masks is decoded with it.
+            ``data.ontology``, a checkpoint's ontology). Given to the generic reader when the
+            folder names no ontology itself (``ontology.yaml`` / ``palette.*``), ``kwargs`` name
+            none and there is no ``remap``, so a generic folder of colour masks is decoded with
+            it. (Other readers know their label space; their ``ontology`` options mean other
+            things and are never set from it.)
         kwargs: reader-specific options (suffixes, camera, ontology ...).
     """
     k = detect_kind(root) if kind == "auto" else kind
     cls = dataset_class(k)
     known = reader_options(k)
-    if labels_ontology is not None and remap is None and "ontology" in known and kwargs.get("ontology") is None \
+    if labels_ontology is not None and remap is None and k == "generic" and kwargs.get("ontology") is None \
             and kwargs.get("palette") is None and not _has_own_ontology(Path(root)):
         kwargs["ontology"] = labels_ontology
     unknown = sorted(set(kwargs) - set(known))
