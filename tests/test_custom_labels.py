@@ -489,6 +489,17 @@ def test_aggregate_of_eval_masks_outputs_equals_eval_masks(tmp_path: Path) -> No
     assert got["composite_mIoU"] == pytest.approx(want["composite_mIoU"], abs=1e-3)
 
 
+def test_aggregate_skips_a_mean_row_and_reads_names_without_ids(tmp_path: Path) -> None:
+    goose = get_ontology("goose")
+    t = tmp_path / "t.md"
+    t.write_text("Results\n\n| Class | IoU (%) |\n|---|---|\n" + "".join(
+        f"| {goose.name_of(i).replace('_', ' ').title()} | {'-' if v is None else v} |\n"
+        for i, v in enumerate(GOOSE_TEST_IOU)) + "| **mean** | **55.24** |\n")
+    code, out = run("aggregate", t, "--preset", "goose-challenge", "-q")
+    assert code == 0, out
+    assert "mIoU fine: 55.23 %" in out and "mIoU category: -" in out
+
+
 def test_aggregate_table_errors_name_the_row(tmp_path: Path) -> None:
     classes, cats = _goose_tables(tmp_path)
     bad = tmp_path / "bad.csv"

@@ -49,6 +49,7 @@ _ABSENT = {"", "-", "--", "—", "nan", "n/a", "na", "none", "null"}
 _ID_COLS = ("id", "class_id", "label_id", "class id")
 _NAME_COLS = ("class", "name", "class_name", "label", "class name")
 _CAT_COLS = ("category", "categories", "category_name")
+_SUMMARY_ROWS = {"mean", "miou", "average", "avg", "overall", "all", "total", "mean_iou"}
 
 
 @dataclass
@@ -260,6 +261,9 @@ def _read_blocks(path: Path, blocks: list[list[tuple[int, list[str]]]], preset: 
                 key: Any = cat_by_low[name.lower()]
                 table: dict[Any, float] = out.categories
             else:
+                name = "" if name_col is None else _norm(_cell(row[name_col]))
+                if name in _SUMMARY_ROWS and name not in onto and (id_col is None or not _cell(row[id_col])):
+                    continue  # a "mean" / "mIoU" line under a published table
                 key = _class_id(onto, None if id_col is None else row[id_col],
                                 None if name_col is None else row[name_col], where)
                 table = out.classes
