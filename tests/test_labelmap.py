@@ -17,10 +17,16 @@ MAPS = list_label_maps()
 EXPECTED_MAPS = [
     ("carla", "traversability"),
     ("carla-legacy", "traversability"),
+    ("goose", "rellis3d"),
+    ("goose", "semantickitti"),
     ("goose", "traversability"),
     ("nuscenes-raw", "nuscenes"),
+    ("rellis3d", "goose"),
+    ("rellis3d", "semantickitti"),
     ("rellis3d", "traversability"),
     ("rellis3d-raw", "rellis3d"),
+    ("semantickitti", "goose"),
+    ("semantickitti", "rellis3d"),
     ("semantickitti", "traversability"),
     ("semantickitti-raw", "semantickitti"),
     ("sim", "goose"),
@@ -91,8 +97,8 @@ def test_to_dict_round_trip(src: str, dst: str, tmp_path: Path) -> None:
 
 
 def test_builtin_map_missing_pair() -> None:
-    with pytest.raises(ConfigError, match=r"no built-in label map from 'goose' to 'rellis3d' \(built-in: carla->"):
-        LabelMap.builtin("goose", "rellis3d")
+    with pytest.raises(ConfigError, match=r"no built-in label map from 'goose' to 'nuscenes' \(built-in: carla->"):
+        LabelMap.builtin("goose", "nuscenes")
 
 
 def test_rellis3d_raw_to_rellis3d_renumbers_in_order() -> None:

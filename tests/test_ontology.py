@@ -454,8 +454,8 @@ def test_invalid_colour_and_invalid_yaml(tmp_path: Path) -> None:
     p.write_text("name: x\nclasses: [\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="invalid YAML"):
         get_ontology(p)
-    p.write_text("- just\n- a list\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+    p.write_text("- just\n- a list\n", encoding="utf-8")  # a YAML list is read as a palette: one clear error
+    with pytest.raises(ConfigError, match=r"broken.yaml: item #0 is 'just', expected a mapping with id, name and color"):
         get_ontology(p)
 
 

@@ -9,7 +9,20 @@ from __future__ import annotations
 
 import sys
 
-from terraseg.cli import bags, ensemble, eval_masks, infer, inspect, ontology, report, run, sim, train  # noqa: F401  (register sub-commands)
+from terraseg.cli import (  # noqa: F401  (register sub-commands)
+    aggregate,
+    bags,
+    convert_masks,
+    ensemble,
+    eval_masks,
+    infer,
+    inspect,
+    ontology,
+    report,
+    run,
+    sim,
+    train,
+)
 from terraseg.cli.app import app, user_errors
 
 __all__ = ["app", "main", "user_errors"]

@@ -16,8 +16,10 @@ from terraseg.cli.app import app, console, user_errors
 def eval_masks(
     pred_dir: Annotated[Path, typer.Argument(help="Folder of predicted label PNGs (searched recursively).")],
     gt_dir: Annotated[Path, typer.Argument(help="Folder of ground-truth label PNGs, paired by relative name.")],
-    ontology: Annotated[str, typer.Option("--ontology", "-O", help="Ontology of the ids (name or YAML file).")],
+    ontology: Annotated[str, typer.Option("--ontology", "-O", help="Ontology of the ids: built-in name, ontology YAML or palette file.")],
     preset: Annotated[str | None, typer.Option(help="Evaluation preset, e.g. goose-challenge (default: the ontology's).")] = None,
+    remap: Annotated[str | None, typer.Option(help="Label map for both folders before scoring: a map YAML, SOURCE->TARGET or a target ontology with a built-in map.")] = None,
+    pred_remap: Annotated[str | None, typer.Option(help="Label map for the predictions only, from the model's ontology into --ontology (map YAML or SOURCE->TARGET).")] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder (default: PRED_DIR + '_eval').")] = None,
     color: Annotated[bool, typer.Option("--color", help="Both folders hold RGB colour masks.")] = False,
     pred_color: Annotated[bool, typer.Option("--pred-color", help="Predictions are RGB colour masks.")] = False,
@@ -36,12 +38,15 @@ def eval_masks(
     Writes report.md, per_class.md/.csv, per_class_columns.md, metrics.json, confusion.npz and confusion.png into --out.
 
     Example: terraseg eval-masks preds/ labels/ --ontology goose --preset goose-challenge --gt-suffix _labelids
+
+    Example: terraseg eval-masks preds/ data/mine/masks --ontology data/mine/colormap.txt --pred-remap goose_to_mine.yaml
     """
     from terraseg.io.atomic import atomic_write_text
     from terraseg.metrics import evaluate_mask_folders, markdown_categories, markdown_summary, write_reports
 
     ev = evaluate_mask_folders(pred_dir, gt_dir, ontology, preset, pred_color=color or pred_color,
                                gt_color=color or gt_color, unknown_color="void" if unknown_color_void else "error",
+                               remap=remap, pred_remap=pred_remap,
                                pred_suffix=pred_suffix, gt_suffix=gt_suffix, extra_ignore=ignore_id or (),
                                skip_bad=skip_bad, workers=workers, progress=not quiet)
     out_dir = out or pred_dir.with_name(pred_dir.name + "_eval")

@@ -59,7 +59,7 @@ def eval_cmd(
     projection: Annotated[str | None, typer.Option(help="Range networks: projection preset or organized:HxW (default: the training one).")] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder (default: <checkpoint folder>/../eval-<split>).")] = None,
     name: Annotated[str, typer.Option(help="Model name in the report tables.")] = "model",
-    data_option: Annotated[list[str] | None, typer.Option(help="Dataset reader option KEY=VALUE (repeatable), e.g. ontology=sim.")] = None,
+    data_option: Annotated[list[str] | None, typer.Option(help="Dataset reader option KEY=VALUE (repeatable), e.g. ontology=sim, remap=map.yaml, masks_dir=annotations.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table.")] = False,
 ) -> None:
@@ -70,7 +70,7 @@ def eval_cmd(
     Example: terraseg eval runs/goose-upernet/checkpoints/best.pth --data data/goose --split val --preset goose-challenge --tta "scales=0.75,1,1.25,1.5 flip=true"
     """
     from terraseg.cli.eval_masks import _print_result
-    from terraseg.datasets import open_dataset
+    from terraseg.datasets import open_dataset, parse_reader_options
     from terraseg.errors import ConfigError
     from terraseg.inference.evaluate import evaluate_frames
     from terraseg.inference.models import load_model
@@ -88,14 +88,14 @@ def eval_cmd(
     onto = loaded.ontology
     if onto is None:
         raise ConfigError(f"{ckpt}: the checkpoint does not say its label ontology")
-    opts = dict(rdata.get("options") or {})
-    for item in data_option or []:
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--data-option {item!r}: expected KEY=VALUE, e.g. ontology=sim")
-        opts[key] = val
-    frames = open_dataset(root, kind=kind or rdata.get("kind") or "auto", split=split_name,
-                          remap=rdata.get("remap"), **opts)
+    opts = {**(rdata.get("options") or {}), **parse_reader_options(data_option or [])}
+    remap = opts.pop("remap", rdata.get("remap"))  # --data-option remap=MAP overrides the recipe's data.remap
+    frames = open_dataset(root, kind=kind or rdata.get("kind") or "auto", split=split_name, remap=remap,
+                          labels_ontology=onto, **opts)
+    data_onto = getattr(frames, "ontology", None)
+    if data_onto is not None and not data_onto.same_classes(onto):
+        raise ConfigError(f"{root}: the labels are in ontology {data_onto.name!r} but {ckpt} predicts {onto.name!r}; "
+                          f"give --data-option remap=MAP (a label map YAML from {data_onto.name!r} to {onto.name!r})")
     preset_name = preset or (recipe.get("eval") or {}).get("preset")
     pre = get_preset(preset_name, onto) if preset_name else default_preset(onto)
     if loaded.task == "image":

@@ -18,10 +18,12 @@ def inspect(
     kind: Annotated[str, typer.Option(help="Dataset kind (auto, generic, semantickitti, rellis3d-lidar, "
                                            "rellis3d-image, goose2d, goose3d, carla, carla-lidar).")] = "auto",
     split: Annotated[list[str] | None, typer.Option(help="Split to read (repeatable); default: every split found.")] = None,
-    remap: Annotated[str | None, typer.Option(help="Target ontology to remap labels to while reading.")] = None,
+    remap: Annotated[str | None, typer.Option(help="Label map applied while reading: a map YAML, SOURCE->TARGET, or a target ontology with a built-in map.")] = None,
     ontology: Annotated[str | None, typer.Option(help="Ontology of a generic folder's masks (name or YAML/palette file).")] = None,
+    palette: Annotated[str | None, typer.Option(help="Palette of a generic folder's RGB colour masks (any palette file).")] = None,
     mask_suffix: Annotated[str | None, typer.Option(help="Suffix of a generic folder's mask stems, e.g. _mask.")] = None,
     camera: Annotated[str | None, typer.Option(help="GOOSE camera to read (windshield_vis, camera_left, ...).")] = None,
+    data_option: Annotated[list[str] | None, typer.Option(help="Dataset reader option KEY=VALUE (repeatable), e.g. masks_dir=annotations.")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for class_stats_*.json and plots (default: DATASET/stats).")] = None,
     top: Annotated[int, typer.Option(help="How many of the rarest classes to list.")] = 10,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -31,11 +33,14 @@ def inspect(
     Writes class_stats_<image|points>.json (counts, frequencies, ENet 1/ln(1.02+f), median-frequency and inverse-sqrt weights, readable by training) and a log-scale bar plot per modality.
 
     Example: terraseg inspect data/rellis3d --kind rellis3d-lidar --out stats/
+
+    Example: terraseg inspect data/mine --kind generic --data-option masks_dir=annotations --palette data/mine/colormap.txt
     """
+    from terraseg.datasets import parse_reader_options
     from terraseg.datasets.inspect import inspect_dataset
 
-    given = {"remap": remap, "ontology": ontology, "mask_suffix": mask_suffix, "camera": camera}
-    kwargs = {k: v for k, v in given.items() if v is not None}
+    given = {"remap": remap, "ontology": ontology, "palette": palette, "mask_suffix": mask_suffix, "camera": camera}
+    kwargs = {**parse_reader_options(data_option or []), **{k: v for k, v in given.items() if v is not None}}
     res = inspect_dataset(dataset, out or dataset / "stats", kind=kind, splits=split or None,
                           progress=not quiet, **kwargs)
     console.print(f"dataset kind: {res.kind}; frames per split: "

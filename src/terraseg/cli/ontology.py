@@ -67,24 +67,26 @@ def ontology_show(
 @ontology_app.command("maps")
 @user_errors
 def ontology_maps(
-    source: Annotated[str | None, typer.Argument(help="Show this map's pairs (with TARGET).")] = None,
+    source: Annotated[str | None, typer.Argument(help="Show this map's pairs (with TARGET), or a label map YAML to check and show.")] = None,
     target: Annotated[str | None, typer.Argument(help="Target ontology of the map to show.")] = None,
 ) -> None:
-    """List the built-in label maps, or show one map class by class.
+    """List the built-in label maps, or show one map class by class (a built-in one, or your own map file).
 
     Example: terraseg ontology maps goose traversability
+
+    Example: terraseg ontology maps my_labels_to_rellis3d.yaml
     """
-    from terraseg.ontology import LabelMap, list_label_maps
+    from terraseg.ontology import LabelMap, get_label_map, list_label_maps, looks_like_path
 
     if source is None:
         for s, t in list_label_maps():
             console.print(f"{s} -> {t}", highlight=False)
         return
-    if target is None:
-        raise TerrasegError("give both SOURCE and TARGET to show a map")
-    m = LabelMap.builtin(source, target)
-    table = Table(title=f"{source} -> {target}")
-    for col in ("id", "", source, "", target):
+    if target is None and not looks_like_path(source):
+        raise TerrasegError("give both SOURCE and TARGET to show a map, or the path of a label map YAML")
+    m = get_label_map(source) if target is None else LabelMap.builtin(source, target)
+    table = Table(title=f"{m.source.name} -> {m.target.name}")
+    for col in ("id", "", m.source.name, "", m.target.name):
         table.add_column(col)
     for c in m.source:
         tid = int(m.lut[c.id])

@@ -10,7 +10,7 @@ import numpy as np
 
 from terraseg.errors import DataError
 from terraseg.frame import Frame
-from terraseg.ontology import LabelMap, Ontology, get_ontology
+from terraseg.ontology import LabelMap, Ontology, get_label_map, get_ontology, looks_like_path
 
 SPLITS = ("train", "val", "test")
 
@@ -26,8 +26,9 @@ class FrameDataset(Sequence[Frame]):
     Args:
         root: dataset root folder.
         split: ``train``, ``val``, ``test`` or ``all`` (where the dataset defines splits).
-        remap: a :class:`LabelMap` (or the name of a target ontology with a built-in map from
-            the source ontology) applied to labels on load.
+        remap: label map applied to labels on load: a :class:`LabelMap`, the path of a LabelMap
+            YAML, ``SOURCE->TARGET``, or the name of a target ontology with a built-in map from
+            the source ontology (see :func:`terraseg.ontology.get_label_map`).
     """
 
     name = "dataset"
@@ -63,15 +64,18 @@ class FrameDataset(Sequence[Frame]):
         """The ontology of the labels this dataset yields (after remapping)."""
         return self.labelmap.target if self.labelmap is not None else self.source_ontology
 
-    def _resolve_remap(self, remap: LabelMap | str | None) -> LabelMap | None:
-        if remap is None or isinstance(remap, LabelMap):
-            if remap is not None and self.source_ontology is not None and remap.source.name != self.source_ontology.name:
-                raise DataError(f"label map {remap} does not start from this dataset's ontology "
-                                f"{self.source_ontology.name!r}")
-            return remap
-        if self.source_ontology is None:
-            raise DataError(f"{self.name}: no source ontology to remap from")
-        return LabelMap.builtin(self.source_ontology.name, remap)
+    def _resolve_remap(self, remap: LabelMap | str | os.PathLike[str] | None) -> LabelMap | None:
+        """The label map of ``remap`` (see :func:`terraseg.ontology.get_label_map`): a LabelMap, a
+        map YAML (a user's own, from this dataset's ontology, which may come from a palette file),
+        ``SOURCE->TARGET`` or a target ontology with a built-in map from this dataset's ontology."""
+        if remap is None:
+            return None
+        src = self.source_ontology
+        is_file = isinstance(remap, (str, os.PathLike)) and looks_like_path(remap)
+        if src is None and not (isinstance(remap, LabelMap) or is_file or "->" in str(remap)):
+            raise DataError(f"{self.root}: the {self.name} labels have no ontology to remap from; give the "
+                            "dataset's ontology, or a label map YAML whose source is it")
+        return get_label_map(remap, source=src)
 
     def _apply_remap(self, frame: Frame) -> Frame:
         if self.labelmap is None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,9 +43,11 @@ from terraseg.frame import XYZI, Calibration, Frame
 from terraseg.io.calib import read_calib_yaml
 from terraseg.io.images import IMAGE_SUFFIXES, read_image
 from terraseg.io.labels import read_color_png, read_label_png
-from terraseg.io.palette import PALETTE_SUFFIXES, find_palette_file, load_palette
+from terraseg.io.palette import find_palette_file, load_palette
 from terraseg.io.scans import read_bin, read_label
-from terraseg.ontology import LabelMap, Ontology, decode_colors, get_ontology
+from terraseg.ontology import LabelMap, Ontology, decode_colors, get_ontology, looks_like_path
+
+log = logging.getLogger(__name__)
 
 MODALITY_DIRS = ("images", "masks", "points", "point_labels")
 FIELDS_SUFFIX = ".fields.npz"
@@ -85,13 +88,11 @@ class _Files:
 
 
 # ============================================================================ ontology resolution
-def _load_ontology_arg(value: Ontology | str | os.PathLike[str]) -> Ontology:
-    if isinstance(value, Ontology):
+def _rooted(value: Ontology | str | os.PathLike[str], root: Path) -> Ontology | str | os.PathLike[str]:
+    """A relative file path that is missing from the working directory but present in ``root``, rooted there."""
+    if isinstance(value, Ontology) or not looks_like_path(value) or Path(value).is_absolute() or Path(value).exists():
         return value
-    s = str(value)
-    if Path(s).is_file() or os.sep in s or s.lower().endswith(PALETTE_SUFFIXES):
-        return load_palette(s)
-    return get_ontology(s)
+    return root / value if (root / value).is_file() else value
 
 
 def resolve_ontology(root: Path, ontology: Ontology | str | os.PathLike[str] | None = None,
@@ -103,8 +104,8 @@ def resolve_ontology(root: Path, ontology: Ontology | str | os.PathLike[str] | N
     (same kinds of values) gives the colours of RGB masks when they differ from the ontology's;
     it defaults to the ontology. Its ids must be ids of the ontology.
     """
-    onto = _load_ontology_arg(ontology) if ontology is not None else None
-    pal = _load_ontology_arg(palette) if palette is not None else None
+    onto = get_ontology(_rooted(ontology, root)) if ontology is not None else None
+    pal = get_ontology(_rooted(palette, root)) if palette is not None else None
     if onto is None and pal is None:
         if (root / "ontology.yaml").is_file():
             onto = load_palette(root / "ontology.yaml")
@@ -129,6 +130,25 @@ def _listdir(d: Path) -> tuple[list[Path], list[Path]]:
             continue
         (dirs if e.is_dir() else files).append(e)
     return files, dirs
+
+
+def _folder_list(root: Path) -> str:
+    """The visible sub-folders of ``root`` as ``a/, b/`` (``none`` when there are none)."""
+    names = [d.name + "/" for d in _listdir(root)[1]]
+    return ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "") if names else "none"
+
+
+def _modality_dirs(root: Path, given: dict[str, str]) -> dict[str, str]:
+    """Check the folder-name options: relative paths inside ``root``; one that is not the default must exist."""
+    for modality, name in given.items():
+        option = f"{modality}_dir"
+        if not isinstance(name, str) or not name.strip() or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ConfigError(f"{option}={name!r}: expected the name of a folder inside {root}")
+        if name != modality and not (root / name).is_dir():
+            what = "is not a folder" if (root / name).exists() else "not found"
+            raise DataError(f"{root / name}: {modality.replace('_', ' ')} folder {what} ({option}={name!r}; folders "
+                            f"in {root}: {_folder_list(root)})")
+    return dict(given)
 
 
 def _index_modality(name: str, files: Iterable[Path], out: _Files, mask_suffix: str) -> None:
@@ -292,13 +312,22 @@ class GenericDataset(FrameDataset):
         ontology: label ontology: an :class:`Ontology`, a built-in name or a path (ontology YAML
             or palette file). Default: ``root/ontology.yaml``, else ``root/palette.*``, else
             none (id masks are then returned unchecked; colour masks are an error).
-        palette: the colours of RGB masks if they differ from the ontology's (same kinds of value).
-        remap: label map applied on load.
+        palette: the colours of RGB colour masks (any palette file, or an ontology) if they
+            differ from the ontology's; also the ontology when none is given. Relative paths of
+            ``ontology`` / ``palette`` are looked up in the working directory, then in ``root``.
+        remap: label map applied on load: a LabelMap YAML (from this dataset's ontology), a
+            built-in target ontology or ``SOURCE->TARGET`` (see :func:`terraseg.ontology.get_label_map`).
         unknown_color: colour-mask pixels with colours outside the palette: ``"error"``,
             ``"void"`` or an id (see :func:`terraseg.ontology.decode_colors`).
         allow_unlabeled: read images without masks and scans without point labels (frames then
             lack those labels) instead of raising an error.
         check_ids: check mask and point label values against the ontology (when there is one).
+        images_dir, masks_dir, points_dir, point_labels_dir: the folder names under ``root`` of
+            each modality (default ``images``, ``masks``, ``points``, ``point_labels``), for
+            datasets that keep masks in ``annotations/``, say. A folder given here that does not
+            exist is an error. When images (or scans) are found without any masks (point
+            labels) while ``root`` holds other folders, a warning names the folder looked for and
+            the folders found (a misnamed mask folder would otherwise read as unlabelled data).
 
     Frames: ``image`` (H, W, 3) uint8, ``image_labels`` (H, W) uint8/uint16, ``points``
     (N, C) float32 (x, y, z, intensity, then the ``fields.npz`` fields), ``point_labels``
@@ -314,19 +343,26 @@ class GenericDataset(FrameDataset):
                  ontology: Ontology | str | os.PathLike[str] | None = None,
                  palette: Ontology | str | os.PathLike[str] | None = None,
                  remap: LabelMap | str | None = None, *, unknown_color: str | int = "error",
-                 allow_unlabeled: bool = False, check_ids: bool = True) -> None:
+                 allow_unlabeled: bool = False, check_ids: bool = True, images_dir: str = "images",
+                 masks_dir: str = "masks", points_dir: str = "points", point_labels_dir: str = "point_labels") -> None:
         rootp = Path(root)
         if not rootp.is_dir():
             raise DataError(f"{rootp}: dataset folder not found ({_LAYOUT})")
-        present = [m for m in MODALITY_DIRS if (rootp / m).is_dir()]
+        self.dirs = _modality_dirs(rootp, {"images": images_dir, "masks": masks_dir, "points": points_dir,
+                                           "point_labels": point_labels_dir})
+        present = [m for m in MODALITY_DIRS if (rootp / self.dirs[m]).is_dir()]
         if not present:
-            raise DataError(f"{rootp}: not a generic dataset folder ({_LAYOUT}; found none of them)")
+            layout = _LAYOUT if all(self.dirs[m] == m for m in MODALITY_DIRS) else \
+                f"expected {', '.join(self.dirs[m] + '/' for m in MODALITY_DIRS)} under the dataset folder"
+            raise DataError(f"{rootp}: not a generic dataset folder ({layout}; found none of them; folders found: "
+                            f"{_folder_list(rootp)})")
         self._ontology, self.palette = resolve_ontology(rootp, ontology, palette)
         super().__init__(rootp, split, remap)
         self.mask_suffix, self.unknown_color = mask_suffix, unknown_color
         self.allow_unlabeled, self.check_ids = allow_unlabeled, check_ids
         self.modalities = tuple(present)
         self._items = self._list()
+        self._warn_if_unlabeled()
         self.calib: Calibration | None = read_calib_yaml(rootp / "calib.yaml") if (rootp / "calib.yaml").is_file() else None
         ts = rootp / "timestamps.csv"
         self.timestamps = read_timestamps(ts) if ts.is_file() else {}
@@ -352,31 +388,54 @@ class GenericDataset(FrameDataset):
         return write_generic_frame(root, frame, split, stem, **kwargs)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ listing
+    def _dir(self, modality: str) -> Path:
+        return self.root / self.dirs[modality]
+
+    def _warn_if_unlabeled(self) -> None:
+        """Say so when images (scans) come without any mask (point labels) while other folders exist."""
+        if self.allow_unlabeled:
+            return
+        known = {*self.dirs.values(), "splits", "stats"}
+        others = [d.name for d in _listdir(self.root)[1] if d.name not in known]
+        if not others:
+            return
+        for data, labels, option in (("images", "masks", "masks_dir"), ("points", "point_labels", "point_labels_dir")):
+            n_data = sum(getattr(it, "image" if data == "images" else "points") is not None for it in self._items)
+            n_lab = sum(getattr(it, "mask" if labels == "masks" else "point_labels") is not None for it in self._items)
+            if n_data and not n_lab:
+                where = self._dir(labels)
+                state = "holds no label files" if where.is_dir() else "does not exist"
+                log.warning("%s: %d %s are read WITHOUT labels: the %s folder %s/ %s (folders found: %s); if the "
+                            "labels are in another folder, give %s=NAME (recipes: data.options.%s; eval: "
+                            "--data-option %s=NAME; inspect: --data-option %s=NAME)", self.root, n_data,
+                            "images" if data == "images" else "scans", labels.replace("_", " "), self.dirs[labels],
+                            state, _folder_list(self.root), option, option, option, option)
+
     def _list(self) -> list[GenericItem]:
-        per_dir = {m: _listdir(self.root / m) for m in self.modalities}
+        per_dir = {m: _listdir(self._dir(m)) for m in self.modalities}
         foldered = any(dirs for _, dirs in per_dir.values())
         for m, (files, dirs) in per_dir.items():
             bad = [d for d in dirs if d.name not in SPLITS]
             if bad:
                 raise DataError(f"{bad[0]}: unexpected sub-folder (only split folders {', '.join(SPLITS)} "
-                                f"are allowed under {m}/)")
+                                f"are allowed under {self.dirs[m]}/)")
             if foldered and any(self._relevant(m, f) for f in files):
                 first = next(f for f in files if self._relevant(m, f))
-                raise DataError(f"{first}: file next to split sub-folders (put every file of {m}/ in "
+                raise DataError(f"{first}: file next to split sub-folders (put every file of {self.dirs[m]}/ in "
                                 f"{'/, '.join(SPLITS)}/ or use flat folders with splits/*.txt)")
         splits_dir = self.root / "splits"
         if foldered:
             if splits_dir.is_dir() and any(splits_dir.glob("*.txt")):
                 raise DataError(f"{self.root}: both split sub-folders and {splits_dir}/*.txt lists; use one of them")
-            found = [s for s in SPLITS if any((self.root / m / s).is_dir() for m in self.modalities)]
+            found = [s for s in SPLITS if any((self._dir(m) / s).is_dir() for m in self.modalities)]
             if self.split != "all" and self.split not in found:
                 raise DataError(f"{self.root}: no split {self.split!r} (split folders found: {', '.join(found)})")
             items: list[GenericItem] = []
             for s in (found if self.split == "all" else [self.split]):
                 files = _Files()
                 for m in self.modalities:
-                    if (self.root / m / s).is_dir():
-                        _index_modality(m, _listdir(self.root / m / s)[0], files, self.mask_suffix)
+                    if (self._dir(m) / s).is_dir():
+                        _index_modality(m, _listdir(self._dir(m) / s)[0], files, self.mask_suffix)
                 items += self._pair(files, s, sorted(files.stems()))
             return self._nonempty(items)
         files = _Files()
@@ -393,7 +452,8 @@ class GenericDataset(FrameDataset):
         for s in stems:
             if s not in known:
                 lineno = next(i for i, ln in enumerate(lst.read_text().splitlines(), 1) if ln.strip() == s)
-                raise DataError(f"{lst}, line {lineno}: stem {s!r} has no files in {', '.join(self.modalities)}/")
+                raise DataError(f"{lst}, line {lineno}: stem {s!r} has no files in "
+                                f"{', '.join(self.dirs[m] for m in self.modalities)}/")
             if s in seen:
                 raise DataError(f"{lst}: stem {s!r} listed twice")
             seen.add(s)
@@ -422,7 +482,7 @@ class GenericDataset(FrameDataset):
                                                sub(f.fields))
 
         def loc(modality: str) -> Path:
-            return self.root / modality / split if split else self.root / modality
+            return self._dir(modality) / split if split else self._dir(modality)
 
         # a modality counts when the split holds files of it (an empty folder is no promise of labels)
         has = {"images": bool(f.images), "masks": bool(f.masks), "point_labels": bool(f.point_labels)}

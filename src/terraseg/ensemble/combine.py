@@ -39,6 +39,7 @@ import numpy as np
 from terraseg.ensemble.histogram import LabelKind, pair_label_folders, read_labels
 from terraseg.errors import ConfigError, DataError
 from terraseg.io.atomic import atomic_write_text
+from terraseg.ontology import Ontology
 from terraseg.progress import ProgressBar
 
 ScoreKind = Literal["probs", "logits"]
@@ -285,11 +286,16 @@ def _write_ids(dest_stem: Path, ids: np.ndarray) -> Path:
     return write_label_png(dest_stem.with_name(dest_stem.name + ".png"), ids)
 
 
-def _check_ids(ids: np.ndarray, ontology: str | None, source: str) -> None:
-    if ontology is not None:
-        from terraseg.ontology import get_ontology
+def _resolve(ontology: Ontology | str | None) -> Ontology | None:
+    """The ontology (a name, YAML or palette file) read once per command, not once per frame."""
+    from terraseg.ontology import get_ontology
 
-        get_ontology(ontology).check_ids(ids, source=source)
+    return None if ontology is None else get_ontology(ontology)
+
+
+def _check_ids(ids: np.ndarray, ontology: Ontology | None, source: str) -> None:
+    if ontology is not None:
+        ontology.check_ids(ids, source=source)
 
 
 def _check_out(out: Path, inputs: Sequence[Path]) -> None:
@@ -300,7 +306,8 @@ def _check_out(out: Path, inputs: Sequence[Path]) -> None:
 
 def average_folders(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
                     weights: Sequence[float] | None = None, kinds: ScoreKind | Sequence[ScoreKind] | None = None,
-                    mode: AverageMode = "prob", ontology: str | None = None, progress: bool = False) -> CombineSummary:
+                    mode: AverageMode = "prob", ontology: Ontology | str | None = None,
+                    progress: bool = False) -> CombineSummary:
     """Average saved scores of N models frame by frame and write id files (PNG, or ``.label`` for ``(C, N)``).
 
     ``kinds`` says whether each model's ``.npy`` files hold probabilities or logits (``.npz``
@@ -310,6 +317,7 @@ def average_folders(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.
     dirs = [Path(d) for d in inputs]
     out = Path(out_dir)
     _check_out(out, dirs)
+    onto = _resolve(ontology)
     w = normalise_weights(weights, len(dirs))
     kind_list = [None] * len(dirs) if kinds is None else _kinds(kinds, len(dirs))
     idx = [_index_scores(d, f"model-{k + 1} score") for k, d in enumerate(dirs)]
@@ -325,7 +333,7 @@ def average_folders(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.
             loaded = [read_scores(f, k) for f, k in zip(files, kind_list)]  # type: ignore[arg-type]
             ids = average_labels([a for a, _ in loaded], w, kinds=[k for _, k in loaded],  # type: ignore[misc]
                                  mode=mode, sources=[str(f) for f in files])
-            _check_ids(ids, ontology, f"average of {', '.join(map(str, files))}")
+            _check_ids(ids, onto, f"average of {', '.join(map(str, files))}")
             outputs.append(_write_ids(out / stem, ids))
             bar.advance()
     summary = CombineSummary(frames=len(stems), out_dir=out, method=f"average-{mode}", weights=w.tolist(),
@@ -335,12 +343,13 @@ def average_folders(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.
 
 
 def vote_folders(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
-                 weights: Sequence[float] | None = None, kind: LabelKind = "auto", ontology: str | None = None,
-                 progress: bool = False) -> CombineSummary:
+                 weights: Sequence[float] | None = None, kind: LabelKind = "auto",
+                 ontology: Ontology | str | None = None, progress: bool = False) -> CombineSummary:
     """Weighted majority vote of N label folders (id PNGs or ``.label``), written to ``out_dir``."""
     dirs = [Path(d) for d in inputs]
     out = Path(out_dir)
     _check_out(out, dirs)
+    onto = _resolve(ontology)
     w = normalise_weights(weights, len(dirs))
     pairs, k = pair_label_folders([(d, "", f"model-{j + 1}") for j, d in enumerate(dirs)], kind)
     outputs: list[Path] = []
@@ -348,7 +357,7 @@ def vote_folders(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
         for stem, files in pairs:
             labels = [read_labels(f, k) for f in files]
             ids = majority_vote(labels, w, sources=[str(f) for f in files])
-            _check_ids(ids, ontology, f"vote of {', '.join(map(str, files))}")
+            _check_ids(ids, onto, f"vote of {', '.join(map(str, files))}")
             outputs.append(_write_ids(out / stem, ids))
             bar.advance()
     summary = CombineSummary(frames=len(pairs), out_dir=out, method="vote", weights=w.tolist(), outputs=outputs)

@@ -300,6 +300,17 @@ class ConfusionMatrix:
         out._mat = self.matrix
         return out.merge(other)
 
+    def ignoring(self, ids: Iterable[int]) -> ConfusionMatrix:
+        """A copy that also ignores the ground-truth ``ids``: their rows are zeroed (re-scoring a
+        saved matrix under a preset that ignores more ids than the one it was counted with)."""
+        extra = sorted({int(i) for i in ids if 0 <= int(i) < self.num_classes})
+        out = ConfusionMatrix(self.num_classes, ignore_ids=sorted({*self.ignore_ids, *extra}),
+                              valid_ids=np.nonzero(self.valid)[0].tolist(), class_names=self.class_names,
+                              ontology_name=self.ontology_name)
+        out._mat = self.matrix
+        out._mat[extra, :] = 0
+        return out
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ConfusionMatrix) and np.array_equal(self.matrix, other.matrix)
 

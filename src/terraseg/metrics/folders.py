@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from terraseg.errors import DataError
+from terraseg.errors import ConfigError, DataError
 from terraseg.io.labels import read_color_png, read_label_png
 from terraseg.metrics.confusion import ConfusionMatrix
 from terraseg.metrics.presets import EvalPreset, EvalResult, get_preset
-from terraseg.ontology import Ontology, decode_colors, get_ontology
+from terraseg.ontology import LabelMap, Ontology, decode_colors, get_label_map, get_ontology
 from terraseg.progress import ProgressBar
 
 IMAGE_EXTS = (".png",)
@@ -101,6 +101,8 @@ def evaluate_mask_folders(
     pred_color: bool = False,
     gt_color: bool = False,
     unknown_color: str | int = "error",
+    remap: LabelMap | str | os.PathLike[str] | None = None,
+    pred_remap: LabelMap | str | os.PathLike[str] | None = None,
     pred_suffix: str = "",
     gt_suffix: str = "",
     extra_ignore: Sequence[int] = (),
@@ -111,8 +113,16 @@ def evaluate_mask_folders(
     """Evaluate predicted label images against ground truth, file by file.
 
     Args:
-        ontology: the ontology of both folders' ids (or colours).
-        preset: an evaluation preset or its name (default: the ontology's default preset).
+        ontology: the ontology of both folders' ids (or colours): a built-in name, an ontology
+            YAML or a palette file (:func:`terraseg.ontology.get_ontology`), or an Ontology.
+        preset: an evaluation preset or its name (default: the default preset of the ontology
+            the scores are computed in: ``ontology``, or the target of ``remap``).
+        remap: a label map applied to both folders (from ``ontology`` to the ontology the scores
+            are computed in): a map YAML, ``SOURCE->TARGET`` or a target ontology with a built-in
+            map (:func:`terraseg.ontology.get_label_map`).
+        pred_remap: a label map applied to the predictions only, from the model's ontology into
+            ``ontology`` (a map YAML or ``SOURCE->TARGET``); predicted colour masks are decoded
+            with its source ontology.
         pred_color, gt_color: that side holds RGB colour masks, decoded with the palette.
         unknown_color: ``"error"``, ``"void"`` or an id, see :func:`terraseg.ontology.decode_colors`.
         pred_suffix, gt_suffix: suffixes stripped from file stems before pairing.
@@ -126,8 +136,28 @@ def evaluate_mask_folders(
         DataError: for the first bad file (without ``skip_bad``), naming the file and problem.
     """
     onto = get_ontology(ontology)
-    p = preset if isinstance(preset, EvalPreset) else get_preset(preset, onto)
+    pmap = None if pred_remap is None else get_label_map(pred_remap)
+    if pmap is not None and not pmap.target.same_classes(onto):
+        raise ConfigError(f"the prediction map {pmap} must lead into the ground truth's ontology {onto.name!r}")
+    rmap = None if remap is None else get_label_map(remap, source=onto)
+    eval_onto = rmap.target if rmap is not None else onto
+    pred_onto = pmap.source if pmap is not None else onto
+    p = preset if isinstance(preset, EvalPreset) else get_preset(preset, eval_onto)
+    if not p.ontology.same_classes(eval_onto):
+        raise ConfigError(f"preset {p.name!r} is for ontology {p.ontology.name!r}, the scores are in {eval_onto.name!r}")
     cm = p.confusion_matrix(extra_ignore=extra_ignore)
+    keep = np.asarray(sorted({int(i) for i in extra_ignore}), dtype=np.int64)
+
+    def mapped(m: LabelMap | None, ids: np.ndarray, source: Path, padding: bool) -> np.ndarray:
+        if m is None:
+            return ids
+        pad = np.isin(ids, keep) if padding and keep.size else None
+        if pad is None or not pad.any():
+            return m(ids, source=str(source))
+        out = np.empty(ids.shape, dtype=np.promote_types(m.target.label_dtype, ids.dtype))
+        out[~pad] = m(ids[~pad], source=str(source))
+        out[pad] = ids[pad]  # padding such as 255 stays (it is ignored)
+        return out
     pairs, missing, extra = pair_mask_files(pred_dir, gt_dir, pred_suffix, gt_suffix)
     skipped: list[tuple[str, str]] = []
     if missing or extra:
@@ -143,20 +173,21 @@ def evaluate_mask_folders(
     def load(pair: MaskPair) -> tuple[np.ndarray, np.ndarray]:
         gt = decode_colors(read_color_png(pair.gt), onto, unknown_color, source=str(pair.gt)) if gt_color \
             else read_label_png(pair.gt)
-        pred = decode_colors(read_color_png(pair.pred), onto, unknown_color, source=str(pair.pred)) if pred_color \
-            else read_label_png(pair.pred)
+        pred = decode_colors(read_color_png(pair.pred), pred_onto, unknown_color, source=str(pair.pred)) \
+            if pred_color else read_label_png(pair.pred)
         if pred.shape != gt.shape:
             raise DataError(f"{pair.pred}: prediction size {pred.shape[1]}x{pred.shape[0]} differs from ground truth "
                             f"{pair.gt} size {gt.shape[1]}x{gt.shape[0]} (width x height)")
-        return pred, gt
+        pred = mapped(rmap, mapped(pmap, pred, pair.pred, False), pair.pred, False)
+        return pred, mapped(rmap, gt, pair.gt, True)
 
     def count(pair: MaskPair, pred: np.ndarray, gt: np.ndarray) -> None:
         try:
             cm.update(pred, gt)
         except DataError:
             allowed = [*cm.ignore_ids, *extra_ignore]
-            onto.check_ids(gt, source=f"{pair.gt}", allow=allowed)
-            onto.check_ids(pred, source=f"{pair.pred}")
+            eval_onto.check_ids(gt, source=f"{pair.gt}", allow=allowed)
+            eval_onto.check_ids(pred, source=f"{pair.pred}")
             raise
 
     evaluated = 0

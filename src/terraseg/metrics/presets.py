@@ -27,7 +27,9 @@ class EvalPreset:
 
     Attributes:
         name: preset name.
-        ontology: name of the ontology whose ids are evaluated.
+        ontology: the ontology whose ids are evaluated. The preset holds the :class:`Ontology`
+            itself, so one given as a YAML or palette file is never looked up again by name; a
+            name or path passed here is resolved once with :func:`terraseg.ontology.get_ontology`.
         description: one line for reports.
         ignore_ids: ground-truth ids whose pixels are not counted at all. ``None`` uses the
             ontology's own ignore ids; ``()`` counts everything (GOOSE challenge: class 0 counts).
@@ -41,7 +43,7 @@ class EvalPreset:
     """
 
     name: str
-    ontology: str
+    ontology: Ontology
     description: str = ""
     ignore_ids: tuple[int, ...] | None = None
     exclude_ids: tuple[int, ...] = ()
@@ -50,6 +52,7 @@ class EvalPreset:
     composite: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "ontology", get_ontology(self.ontology))
         if self.composite and self.grouping is None:
             raise ConfigError(f"preset {self.name!r}: a composite score needs a category grouping")
         if self.uncategorized not in ("bucket", "drop"):
@@ -57,7 +60,8 @@ class EvalPreset:
 
     @property
     def onto(self) -> Ontology:
-        return get_ontology(self.ontology)
+        """The preset's ontology (same as :attr:`ontology`)."""
+        return self.ontology
 
     def effective_ignore_ids(self) -> tuple[int, ...]:
         return tuple(sorted(self.onto.ignore_ids)) if self.ignore_ids is None else tuple(self.ignore_ids)
@@ -70,7 +74,7 @@ class EvalPreset:
     def describe(self) -> dict[str, Any]:
         onto = self.onto
         return {
-            "name": self.name, "ontology": self.ontology, "description": self.description,
+            "name": self.name, "ontology": onto.name, "description": self.description,
             "ignore": [onto.name_of(i) if i in onto else i for i in self.effective_ignore_ids()],
             "exclude_from_mean": [onto.name_of(i) for i in self.exclude_ids],
             "grouping": self.grouping, "uncategorized": self.uncategorized, "composite": self.composite,
@@ -169,8 +173,8 @@ class EvalResult:
 # ---------------------------------------------------------------------- built-in presets
 _GOOSE_REDUCED_EXCLUDED = (7, 8, 9, 35, 44, 56, 61, 63)
 
-_PRESETS: dict[str, EvalPreset] = {
-    p.name: p for p in [
+def _builtin_presets() -> dict[str, EvalPreset]:
+    return {p.name: p for p in [
         EvalPreset(
             "goose-challenge", "goose",
             "GOOSE fine-grained challenge: 64-class mIoU (class 0 counts, no ignore id; classes absent "
@@ -186,46 +190,62 @@ _PRESETS: dict[str, EvalPreset] = {
             "goose-icra2025", "goose",
             "GOOSE with the 9-category ICRA-2025 grouping (class 0 counts, no ignore id)",
             ignore_ids=(), grouping="icra2025", uncategorized="bucket"),
-    ]
-}
+    ]}
+
+
+_PRESETS: dict[str, EvalPreset] = {}  # filled on first use (reading the ontologies costs a few ms)
+
+
+def _presets() -> dict[str, EvalPreset]:
+    if not _PRESETS:
+        for name, preset in _builtin_presets().items():
+            _PRESETS.setdefault(name, preset)
+    return _PRESETS
 
 
 def list_presets() -> list[str]:
     """Names of the built-in presets (plus ``default`` for any ontology)."""
-    return sorted(_PRESETS)
+    return sorted(_presets())
 
 
 def default_preset(ontology: Ontology | str) -> EvalPreset:
-    """The plain preset of an ontology: its own ignore ids, its default grouping, no composite."""
+    """The plain preset of an ontology (an :class:`Ontology`, a built-in name, or an ontology YAML
+    or palette file): its own ignore ids, its default grouping, no composite."""
     onto = get_ontology(ontology)
-    return EvalPreset("default", onto.name, f"{onto.name}: ontology ignore ids, default category grouping",
+    return EvalPreset("default", onto, f"{onto.name}: ontology ignore ids, default category grouping",
                       ignore_ids=None, grouping=onto.default_grouping)
 
 
 def get_preset(name: str | None, ontology: Ontology | str | None = None) -> EvalPreset:
     """A built-in preset by name, or the ontology's default preset for ``None`` / ``"default"``.
 
-    When both are given, the preset must belong to the ontology.
+    When both are given, the ontology must have the preset's classes (same ids and names; a
+    palette file of GOOSE fits the GOOSE presets whatever its file name). ``ontology`` takes every
+    form :func:`terraseg.ontology.get_ontology` accepts.
     """
     if name in (None, "default"):
         if ontology is None:
             raise ConfigError("the default preset needs an ontology")
         return default_preset(ontology)
-    if name not in _PRESETS:
+    presets = _presets()
+    if name not in presets:
         raise ConfigError(f"unknown evaluation preset {name!r}; available: default, {', '.join(list_presets())}")
-    p = _PRESETS[name]
+    p = presets[name]
     if ontology is not None:
-        onto_name = get_ontology(ontology).name
-        if onto_name != p.ontology:
-            raise ConfigError(f"preset {name!r} is for ontology {p.ontology!r}, not {onto_name!r}")
+        onto = get_ontology(ontology)
+        if not onto.same_classes(p.ontology):
+            raise ConfigError(f"preset {name!r} is for ontology {p.ontology.name!r}, not {onto.name!r} "
+                              f"({len(p.ontology)} classes against {len(onto)}, or other ids or names); "
+                              "use the default preset or one of that ontology")
     return p
 
 
 def register_preset(preset: EvalPreset, overwrite: bool = False) -> None:
     """Make a user-defined preset available by name."""
-    if preset.name in _PRESETS and not overwrite:
+    presets = _presets()
+    if preset.name in presets and not overwrite:
         raise ConfigError(f"preset {preset.name!r} already exists")
-    _PRESETS[preset.name] = preset
+    presets[preset.name] = preset
 
 
 def category_iou_vector(result: EvalResult) -> Mapping[str, float]:

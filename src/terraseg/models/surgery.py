@@ -46,7 +46,7 @@ from torch import nn
 
 from terraseg.errors import ConfigError, DataError
 from terraseg.io.atomic import atomic_path
-from terraseg.ontology import LabelMap, Ontology, get_ontology
+from terraseg.ontology import LabelMap, Ontology, get_label_map, get_ontology
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +219,8 @@ def resolve_ontology(value: OntologyLike | None) -> Ontology | None:
 
 
 def _resolve_label_map(value: LabelMap | str | os.PathLike[str] | None) -> LabelMap | None:
-    if value is None or isinstance(value, LabelMap):
-        return value
-    return LabelMap.from_yaml(value)
+    """A LabelMap, its YAML file or ``SOURCE->TARGET`` (a built-in map), see :func:`terraseg.ontology.get_label_map`."""
+    return None if value is None else get_label_map(value)
 
 
 def class_row_pairs(source: Ontology, target: Ontology,

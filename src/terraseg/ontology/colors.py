@@ -27,14 +27,17 @@ def _pack(rgb: np.ndarray) -> np.ndarray:
 
 
 def decode_colors(rgb: np.ndarray, ontology: Ontology | str, unknown: str | int = "error",
-                  source: str = "colour mask") -> np.ndarray:
+                  source: str = "colour mask", *, any_fill_id: bool = False) -> np.ndarray:
     """Map an (H, W, 3) RGB colour mask to an (H, W) array of class ids.
 
     Args:
         unknown: what to do with colours that are not in the palette. ``"error"`` (default)
             raises :class:`DataError` saying how many pixels and which colours; ``"void"`` maps
-            them to the ontology's void class; an int maps them to that id.
+            them to the ontology's void class; an int maps them to that id (a class id of the
+            ontology, unless ``any_fill_id``).
         source: the file name for error messages.
+        any_fill_id: accept any int ``unknown`` in 0..65535, also one that is not a class (an
+            ignore id such as 255); the result is uint16 when the id does not fit the ontology's dtype.
     """
     onto = get_ontology(ontology)
     if not onto.colors_unique:
@@ -69,8 +72,11 @@ def decode_colors(rgb: np.ndarray, ontology: Ontology | str, unknown: str | int 
             if len(onto.void_ids) != 1:
                 raise ConfigError(f"ontology {onto.name!r} has no single void class to map unknown colours to")
             fill = next(iter(onto.void_ids))
-        elif isinstance(unknown, (int, np.integer)) and int(unknown) in onto:
+        elif isinstance(unknown, (int, np.integer)) and not isinstance(unknown, bool) and (
+                int(unknown) in onto or (any_fill_id and 0 <= int(unknown) <= 65535)):
             fill = int(unknown)
+            if fill > np.iinfo(out.dtype).max:
+                out = out.astype(np.uint16)
         else:
             raise ConfigError(f"unknown={unknown!r}: expected 'error', 'void' or a class id of {onto.name!r}")
         out[~found] = fill

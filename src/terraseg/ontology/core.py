@@ -282,6 +282,13 @@ class Ontology:
         """The smallest unsigned dtype that holds every id (uint8 up to 255, else uint16)."""
         return np.dtype(np.uint8) if self.max_id <= 255 else np.dtype(np.uint16)
 
+    def same_classes(self, other: Ontology) -> bool:
+        """Whether ``other`` has exactly the same class ids and names (colours, categories and the
+        ontology name may differ): label arrays of one are then valid, meaning-preserving arrays of
+        the other. A palette file of a built-in ontology is the usual case."""
+        return self is other or (len(self) == len(other) and
+                                 all(a.id == b.id and a.name == b.name for a, b in zip(self.classes, other.classes)))
+
     def id_of(self, name: str) -> int:
         return self[name].id
 

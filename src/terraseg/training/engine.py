@@ -38,7 +38,7 @@ from terraseg.datasets import open_dataset
 from terraseg.datasets.stats import ClassStats, load_class_weights
 from terraseg.errors import ConfigError, DataError
 from terraseg.io.atomic import atomic_write_text
-from terraseg.metrics.presets import EvalPreset, default_preset, get_preset
+from terraseg.metrics.presets import EvalPreset, get_preset
 from terraseg.ontology import Ontology, get_ontology
 from terraseg.training.config import TrainConfig
 from terraseg.training.data import (
@@ -88,7 +88,7 @@ def _open(cfg: TrainConfig, split: str) -> Any:
     d = cfg.data
     opts = dict(d.options)
     try:
-        return open_dataset(d.root, kind=d.kind, split=split, remap=d.remap, **opts)
+        return open_dataset(d.root, kind=d.kind, split=split, remap=d.remap, labels_ontology=d.ontology, **opts)
     except TypeError as exc:
         raise ConfigError(f"{cfg.source}: data.options: {exc}") from None
 
@@ -199,12 +199,10 @@ class _Run:
         return self._stats
 
     def _preset(self) -> EvalPreset:
-        name = self.cfg.eval.preset
-        preset = get_preset(name, self.ontology) if name else default_preset(self.ontology)
-        if preset.ontology != self.ontology.name:
-            raise ConfigError(f"{self.cfg.source}: eval.preset {name!r} is for ontology {preset.ontology!r}, "
-                              f"the run predicts {self.ontology.name!r}")
-        return preset
+        try:  # the preset holds the run's Ontology itself (a YAML or palette ontology is never looked up by name)
+            return get_preset(self.cfg.eval.preset, self.ontology)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.cfg.source}: eval.preset: {exc}") from None
 
     def _model(self) -> torch.nn.Module:
         m = self.cfg.model
