@@ -176,13 +176,19 @@ def draw_points(canvas: np.ndarray, cols: np.ndarray, rows: np.ndarray, color: t
 
 def bev_preview(queried_xyz: np.ndarray, scan_xyz: np.ndarray | None = None, size: int = 800,
                 margin_m: float = 2.0) -> np.ndarray:
-    """A bird's-eye view (x forward = up, y left = left): scan points grey, queried points marked."""
-    pts = queried_xyz if scan_xyz is None or len(scan_xyz) == 0 else np.concatenate([scan_xyz[:, :3], queried_xyz])
+    """A bird's-eye view of the sensor frame (+x up, +y left): scan points grey, queried points marked.
+
+    The view spans the queried points and the middle 96 % of the scan (metres), plus a margin.
+    """
     img = np.full((size, size, 3), 24, dtype=np.uint8)
+    corners = [queried_xyz[:, :2]]
+    if scan_xyz is not None and len(scan_xyz):  # the scan's 2-98 % extent: a few far returns do not shrink the view
+        corners.append(np.percentile(scan_xyz[:, :2], [2, 98], axis=0))
+    pts = np.concatenate(corners)
     if len(pts) == 0:
         return img
-    lo = pts[:, :2].min(0) - margin_m
-    hi = pts[:, :2].max(0) + margin_m
+    lo = pts.min(0) - margin_m
+    hi = pts.max(0) + margin_m
     scale = (size - 1) / max(float((hi - lo).max()), 1e-6)
 
     def to_px(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

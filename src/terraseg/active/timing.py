@@ -21,6 +21,10 @@ and the lowest weighted residual is kept (the reference starts from ``a = b = c 
 sometimes fails). A curve whose fit rises by less than ``flat_tol`` of the curve's level over
 the whole window is flat: it has saturated, so it votes to query. Since ``|y'|`` is monotone
 for ``a > 0``, testing the newest point equals testing all of ``x[5:]``.
+
+A consequence worth knowing: with the start at ``x = 1``, ``|y'(x)| / |y'(1)| = (a + 1) /
+(a x + 1) > 1 / x``, so with ``r = 0.85`` a curve can only saturate from ``x = 7`` on (the
+eighth validation), however sharply it bends; earlier only a flat curve triggers a query.
 """
 
 from __future__ import annotations
