@@ -16,7 +16,10 @@ each region (supervoxel) of a scan and labels whole regions:
    k-means (20 clusters); going through the regions by decreasing score, each region's score is
    multiplied by its cluster's current importance, which then decays by 0.95. A cluster that
    already supplied many high-scoring regions is penalised. With 2D and 3D features the two
-   re-weighted scores are summed (ActiveSFDA);
+   re-weighted scores are summed (ActiveSFDA). (ReDAL's code sorts the features by score but
+   then multiplies the i-th region *in storage order* by the importance of the i-th best
+   region's cluster, and ActiveSFDA's port skips the sort; here each region is re-weighted by
+   its own cluster, in decreasing score, as the paper's section 3.3.2 describes);
 5. regions are taken whole in decreasing re-weighted score (ties: lower region id); the last
    one is cut to meet the budget exactly, keeping its points of highest point score, then
    lowest index (ReDAL overshoots instead).
