@@ -144,5 +144,10 @@ def test_unfinished_and_bad_files_give_one_clear_error(tmp_path) -> None:
         write_pseudo_labels([("g", np.full((2, 3), np.nan, dtype=np.float32), None)], tmp_path / "o2", 3)
     with pytest.raises(DataError, match="cannot be used as a file name"):
         write_pseudo_labels([("../evil", probs_for(*FRAME_A), None)], tmp_path / "o3", 3)
+    empty = np.zeros((0, 3), dtype=np.float32)
+    with pytest.raises(DataError, match="none of the 2 target frame.s. has a point in the camera's view"):
+        write_pseudo_labels([("e1", empty, empty), ("e2", empty, empty)], tmp_path / "o4", 3)
+    s = write_pseudo_labels([("e", empty, None), ("f", probs_for(*FRAME_A), None)], tmp_path / "o5", 3)
+    assert len(read_pseudo_labels(tmp_path / "o5", "e")) == 0 and s.stats["2d"].kept.sum() == 5
     with pytest.raises(DataError, match="labels must be integers in"):
         ClassConfidences(2).add(np.array([0, 2]), np.array([0.5, 0.5]))

@@ -138,6 +138,10 @@ def test_feature_knn_tie_break_by_index() -> None:
     assert feature_knn(dup, 3).tolist()[0] == [0, 2, 3]  # identical features: exact ties, lower index
     assert feature_knn(dup, 3).tolist()[3] == [3, 0, 2]
     assert feature_knn(dup[:2], 4).shape == (2, 2)  # k above N: all points
+    import torch  # tensors (any device) and float64 give the same neighbours
+
+    assert (feature_knn(torch.from_numpy(KNN_FEATS), 4) == nb).all()
+    assert (feature_knn(KNN_FEATS.astype(np.float64), 4) == nb).all()
 
 
 def test_knn_entropy_hand_example() -> None:
@@ -160,11 +164,13 @@ def test_feature_knn_matches_brute_force() -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(300, 5)).astype(np.float32)
     x[10] = x[20] = x[30]
+    x[40:60] = x[40]  # a group larger than k (and than the spare candidates): itself, then the lowest indices
     nb = feature_knn(x, 4, chunk_elements=1000)  # several chunks
     d = ((x[:, None, :].astype(np.float64) - x[None]) ** 2).sum(-1)
     np.fill_diagonal(d, -1)
     ref = np.stack([np.lexsort((np.arange(len(x)), row))[:4] for row in d])
     assert (nb == ref).all()
+    assert nb[45].tolist() == [45, 40, 41, 42]
 
 
 # ---------------------------------------------------------------------------- regions

@@ -148,3 +148,13 @@ def test_bench_runtime_runs() -> None:
         done, total = r[-1].split("/")
         assert int(total) == 6 and 0 <= int(done) <= 6 and float(r[-2]) > 0  # every frame predicted or dropped
     assert "(goal >= 15 FPS)" in out and "(goal <= 100 ms)" in out
+
+
+def test_bench_active_runs() -> None:
+    out = _run("bench_active.py", "--sizes", "300", "--repeats", "1", "--threads", "1")
+    header, rows = _table(out, "operation")
+    assert header == ["operation", "N", "median", "ms", "min", "ms", "x", "ref"]
+    assert [r[0] for r in rows] == ["cdist+topk", "feature_knn", "select", "select", "select", "select", "slic"]
+    assert rows[0][-1] == "1.00" and all(r[-4] == "300" for r in rows)
+    ratio = float(rows[1][-3]) / float(rows[0][-3])  # feature_knn median over the naive median
+    assert float(rows[1][-1]) == pytest.approx(ratio, abs=0.01 + 0.01 * ratio)

@@ -404,6 +404,9 @@ def write_pseudo_labels(frames: Iterable[FrameProbs], out_dir: str | os.PathLike
             bar.advance()
     if not names:
         raise DataError("no frames to pseudo-label")
+    if all(int(a.counts().sum()) == 0 for a in acc.values()):
+        raise DataError(f"none of the {len(names)} target frame(s) has a point in the camera's view; "
+                        "nothing to pseudo-label")
     medians = {m: a.medians() for m, a in acc.items()}
     thresholds = {m: class_thresholds(med, cap) for m, med in medians.items()}
     if log:

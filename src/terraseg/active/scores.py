@@ -166,28 +166,38 @@ def feature_knn(features: Any, k: int = 4, chunk_elements: int = 1 << 22) -> np.
     sq = (x * x).sum(dim=1)
     rows_per_chunk = max(1, chunk_elements // max(n, 1))
     out = torch.empty((n, kk), dtype=torch.int64, device=x.device)
+    kk1 = min(kk + 8, n)  # spare candidates: a tie at the k-th distance is usually resolved among them
     for r0 in range(0, n, rows_per_chunk):
         r1 = min(n, r0 + rows_per_chunk)
         m = r1 - r0
         d = torch.addmm(sq[None, :], x[r0:r1], x.T, beta=1.0, alpha=-2.0).add_(sq[r0:r1, None])
-        # near-zero (and rounding-negative) squared distances become exact zeros: |a - b|^2 tiny
-        # means |b|^2 ~ |a|^2, so the row's own norm sets the scale of the rounding error
-        d.masked_fill_(d <= (2.0 * tol) * sq[r0:r1, None], 0.0)
         rr = torch.arange(m, device=x.device)
         d[rr, rr + r0] = -1.0  # the point itself first
-        vals, idx = torch.topk(d, kk, dim=1, largest=False, sorted=True)
-        thr = vals[:, -1:]
-        # rows whose k-th distance is shared with points topk left out: choose the lowest indices
-        straddle = torch.nonzero((d == thr).sum(dim=1) > (vals == thr).sum(dim=1)).flatten()
-        if len(straddle):
-            ds, ts = d[straddle], thr[straddle]
-            eq = ds == ts
-            take = (ds < ts) | (eq & (torch.cumsum(eq, dim=1) <= kk - (ds < ts).sum(dim=1, keepdim=True)))
-            cols = torch.arange(n, device=x.device).expand(len(straddle), n)
-            idx[straddle] = cols[take].view(len(straddle), kk)
-        idx = torch.sort(idx, dim=1).values  # index order, then a stable sort by distance
-        order = torch.sort(torch.gather(d, 1, idx), dim=1, stable=True).indices
-        out[r0:r1] = torch.gather(idx, 1, order)
+        # near-zero (and rounding-negative) squared distances count as exact zeros: |a - b|^2 tiny
+        # means |b|^2 ~ |a|^2, so the row's own norm sets the scale of the rounding error
+        bound = (2.0 * tol) * sq[r0:r1, None]
+        vals, idx = torch.topk(d, kk1, dim=1, largest=False, sorted=True)
+        vals = torch.where((vals > -0.5) & (vals <= bound), torch.zeros_like(vals), vals)
+        # order the candidates by (distance, index): sort by index, then stably by distance
+        by_idx = torch.sort(idx, dim=1)
+        vals = torch.gather(vals, 1, by_idx.indices)
+        order = torch.sort(vals, dim=1, stable=True)
+        best = torch.gather(by_idx.values, 1, order.indices)[:, :kk]
+        if kk1 > kk:
+            # rows whose k-th distance is shared beyond the spare candidates: every column decides
+            wide = torch.nonzero(order.values[:, -1] == order.values[:, kk - 1]).flatten()
+            if len(wide):
+                ds = d[wide]
+                ds = torch.where((ds > -0.5) & (ds <= bound[wide]), torch.zeros_like(ds), ds)
+                ts = order.values[wide, kk - 1:kk]
+                eq = ds == ts
+                less = ds < ts
+                take = less | (eq & (torch.cumsum(eq, dim=1) <= kk - less.sum(dim=1, keepdim=True)))
+                cols = torch.arange(n, device=x.device).expand(len(wide), n)
+                sel = cols[take].view(len(wide), kk)  # ascending index
+                dsel = torch.gather(ds, 1, sel)
+                best[wide] = torch.gather(sel, 1, torch.sort(dsel, dim=1, stable=True).indices)
+        out[r0:r1] = best
     return out.cpu().numpy()
 
 
