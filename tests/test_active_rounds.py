@@ -181,6 +181,25 @@ def test_export_import_round_trip(setup) -> None:
     assert labels["img0"].tolist() == ids.tolist()
     coll = collected_labels(state)
     assert len(coll["seq/a"][0]) == 9 and set(coll["seq/a"][1].tolist()) <= set(range(C))
+    # an export without this image's mask keeps what was imported before
+    with zipfile.ZipFile(tmp / "other.zip", "w") as z:
+        z.writestr("labelmap.txt", (task / "cvat" / "labelmap.txt").read_text())
+    import_task(task, cvat=tmp / "other.zip", ontology=SIM)
+    assert load_round_labels(state, rnd.index)["img0"].tolist() == ids.tolist()
+    # a colour that is not in the label map is an error naming the file and the pixel
+    cvat_export_from(task, tmp / "bad.zip", "img0", r[:1], c[:1], ids[5:6])
+    with zipfile.ZipFile(tmp / "bad.zip") as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    mask = np.asarray(Image.open(io.BytesIO(files["SegmentationClass/img0.png"]))).copy()
+    mask[r[0], c[0]] = (1, 2, 3)
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    files["SegmentationClass/img0.png"] = buf.getvalue()
+    with zipfile.ZipFile(tmp / "bad.zip", "w") as z:
+        for n, b in files.items():
+            z.writestr(n, b)
+    with pytest.raises(DataError, match=rf"bad.zip/SegmentationClass/img0.png: colour \(1, 2, 3\) at pixel \(col {c[0]}, row {r[0]}\)"):
+        import_task(task, cvat=tmp / "bad.zip", ontology=SIM)
 
 
 def test_prefill_paints_the_suggestion(setup) -> None:
@@ -272,10 +291,11 @@ def test_real_rellis_frame(shared_data, tmp_path) -> None:
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     from terraseg.io import read_image
 
-    image = read_image(d / "frame000104-1581624663_149.jpg")[::4, ::4].copy()  # SLIC on a quarter-size image
+    image = read_image(d / "frame000104-1581624663_149.jpg")[::4, ::4].copy()  # a quarter-size image:
+    write_image(tmp_path / "quarter.png", image)                                # SLIC stays fast
     pix = proj.pixel[keep] // 4
     ctx = FrameContext("rellis/000104", probs_3d=probs, xyz=pts[keep, :3], pixels=pix, image=image,
-                       image_path=str(d / "frame000104-1581624663_149.jpg"))
+                       image_path=str(tmp_path / "quarter.png"))
     r0 = run_query_round([ctx], "regions", 1, tmp_path / "s", StrategyOptions(region_score="entropy"),
                          ontology="rellis3d")
     r1 = run_query_round([ctx], "voxel_entropy", 1, tmp_path / "s")
@@ -284,5 +304,12 @@ def test_real_rellis_frame(shared_data, tmp_path) -> None:
     assert not set(r0.frames[0].indices.tolist()) & set(r1.frames[0].indices.tolist())
     res = export_task(r1, tmp_path / "t", ontology=onto, state_dir=tmp_path / "s")
     prev = np.asarray(Image.open(tmp_path / "t" / res.frames[0].preview))
-    assert prev.shape == (1200, 1920, 3)  # drawn on the full camera image (pixels are quarter-size here)
-    assert (prev == (255, 0, 255)).all(axis=2).sum() > 0
+    assert prev.shape == (300, 480, 3)  # drawn on the camera image
+    c, r = r1.frames[0].pixels.T
+    assert (prev[r, c] == (255, 0, 255)).all()
+    # an image that does not fit the queried pixels: one clear error, no point files
+    (tmp_path / "small").mkdir()
+    write_image(tmp_path / "small" / "rellis__000104.png", image[:100, :100])  # found by the frame's stem
+    with pytest.raises(DataError, match="outside the 100 x 100 image"):
+        export_task(r1, tmp_path / "t2", ontology=onto, images_dir=tmp_path / "small")
+    assert not (tmp_path / "t2" / "points").exists()

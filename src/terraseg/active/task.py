@@ -346,17 +346,20 @@ def _export_points(f: FrameQuery, stem: str, out: Path, img_path: Path | None, o
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     w.writerows(rows)
-    data = out / "points" / f"{stem}.csv"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(data, buf.getvalue())
     if img_path is not None and f.pixels is not None:
         canvas = (read_image(img_path).astype(np.uint16) * 3 // 5).astype(np.uint8)  # dimmed
         h, w_ = canvas.shape[:2]
+        if len(f.pixels) and ((f.pixels.min(0) < 0).any() or (f.pixels.max(0) >= (w_, h)).any()):
+            raise DataError(f"{img_path}: the queried pixels of frame {f.name!r} reach (col {int(f.pixels[:, 0].max())}, "
+                            f"row {int(f.pixels[:, 1].max())}) outside the {w_} x {h} image (a different image size?)")
         radius = max(2, round(min(h, w_) / 240))
         draw_points(canvas, f.pixels[:, 0].astype(np.int64), f.pixels[:, 1].astype(np.int64), MARK, radius)
     else:
         xyz = f.xyz if f.xyz is not None else np.zeros((0, 3), dtype=np.float32)
         canvas = bev_preview(np.asarray(xyz, dtype=np.float64), _read_scan(f.scan))
+    data = out / "points" / f"{stem}.csv"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(data, buf.getvalue())
     preview = out / "previews" / f"{stem}.png"
     write_png(preview, canvas)
     return TaskFrame(f.name, stem, "points", m, str(preview.relative_to(out)), str(data.relative_to(out)),
@@ -557,10 +560,11 @@ class _CvatSource:
 
 
 def read_cvat_labels(source: str | os.PathLike[str], frame: FrameQuery, stem: str,
-                     name_to_id: Mapping[str, int | None]) -> np.ndarray:
+                     name_to_id: Mapping[str, int | None]) -> np.ndarray | None:
     """(budget,) int32 labels of a frame's queried pixels from a CVAT Segmentation-mask export.
 
     ``name_to_id`` maps CVAT label names to class ids (None: not a label, e.g. ``background``).
+    Returns None when the export has no mask for the frame.
     """
     src = _CvatSource(Path(source))
     try:
@@ -570,7 +574,7 @@ def read_cvat_labels(source: str | os.PathLike[str], frame: FrameQuery, stem: st
         colors = parse_labelmap(src.read(lm).decode("utf-8"), f"{source}/{lm}")
         mask_name = src.find(f"SegmentationClass/{stem}.png")
         if mask_name is None:
-            return np.full(frame.budget, UNLABELLED, dtype=np.int32)
+            return None
         from PIL import Image
 
         try:

@@ -31,8 +31,7 @@ def export(
 ) -> None:
     """Write a query round as a labelling task: previews, point CSVs, CVAT segmentation masks.
 
-    Points: points/<frame>.csv (fill the label column); images: a CVAT "Segmentation mask 1.1"
-    archive plus the images; a preview PNG per frame with the queried items in magenta.
+    Points: points/<frame>.csv (fill the label column); images: a CVAT "Segmentation mask 1.1" archive plus the images; a preview PNG per frame with the queried items in magenta.
 
     Example: terraseg query export runs/adapt/queries --out label_round0 --ontology sim
     """
