@@ -167,3 +167,13 @@ def test_bench_regions_runs() -> None:
     assert float(rows[3][2].replace(",", "")) > float(rows[4][2].replace(",", "")) > float(rows[5][2].replace(",", ""))
     assert float(rows[3][3]) >= float(rows[4][3]) >= float(rows[5][3])
     assert "simulator scans (os1-64-1024, forest and meadow): 2 scans" in out and "real scans" not in out
+
+
+def test_bench_active_runs() -> None:
+    out = _run("bench_active.py", "--sizes", "300", "--repeats", "1", "--threads", "1")
+    header, rows = _table(out, "operation")
+    assert header == ["operation", "N", "median", "ms", "min", "ms", "x", "ref"]
+    assert [r[0] for r in rows] == ["cdist+topk", "feature_knn", "select", "select", "select", "select", "slic"]
+    assert rows[0][-1] == "1.00" and all(r[-4] == "300" for r in rows)
+    ratio = float(rows[1][-3]) / float(rows[0][-3])  # feature_knn median over the naive median
+    assert float(rows[1][-1]) == pytest.approx(ratio, abs=0.01 + 0.01 * ratio)

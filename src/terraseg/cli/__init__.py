@@ -18,6 +18,7 @@ from terraseg.cli import (  # noqa: F401  (register sub-commands)
     infer,
     inspect,
     ontology,
+    query,
     report,
     run,
     sim,
