@@ -175,5 +175,8 @@ def test_bench_active_runs() -> None:
     assert header == ["operation", "N", "median", "ms", "min", "ms", "x", "ref"]
     assert [r[0] for r in rows] == ["cdist+topk", "feature_knn", "select", "select", "select", "select", "slic"]
     assert rows[0][-1] == "1.00" and all(r[-4] == "300" for r in rows)
-    ratio = float(rows[1][-3]) / float(rows[0][-3])  # feature_knn median over the naive median
-    assert float(rows[1][-1]) == pytest.approx(ratio, abs=0.01 + 0.01 * ratio)
+    # feature_knn median over the naive median; the medians are printed to 0.1 ms, so the ratio of the
+    # printed values is only known to within that rounding
+    a, b = float(rows[1][-3]), float(rows[0][-3])
+    low, high = max(a - 0.05, 0.0) / (b + 0.05), (a + 0.05) / max(b - 0.05, 1e-9)
+    assert low - 0.01 <= float(rows[1][-1]) <= high + 0.01
