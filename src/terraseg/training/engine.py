@@ -408,8 +408,12 @@ def _pad(onto: Ontology) -> int:
 
 
 def _with_source(cfg: TrainConfig, section: str, fn: Any) -> Any:
+    """``fn()``, its configuration errors (and TypeError / ValueError: bad options) prefixed with the
+    recipe file and section; data errors (which name their file) pass unchanged."""
     try:
         return fn()
+    except DataError:
+        raise
     except (ConfigError, TypeError, ValueError) as exc:
         msg = str(exc)
         raise ConfigError(f"{cfg.source}: {section}: {msg}") from None
