@@ -281,6 +281,10 @@ def test_export_agreement_and_metadata(exported: tuple[nn.Module, Path, range_on
     assert cfg["normalization"] == "none" and cfg["means"] == [0.0] * 5 and cfg["stds"] == [1.0] * 5
     assert cfg["preset"] == "tiny" and cfg["base_channels"] == 8
     assert meta["projection"]["projection"]["height"] == 32 and meta["projection"]["projection"]["max_range"] is None
+    # a checksum of the weights, verified whenever a session opens the file
+    from terraseg.inference.onnx_integrity import DIGEST_KEY, onnx_weights_digest
+
+    assert {p.key: p.value for p in proto.metadata_props}[DIGEST_KEY] == onnx_weights_digest(proto)
 
 
 def test_ort_predictor_matches_torch_predictor(exported: tuple[nn.Module, Path, range_onnx.RangeExportReport]
@@ -339,7 +343,7 @@ def test_export_and_load_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"nothing\.onnx: ONNX file not found"):
         OrtRangePredictor(tmp_path / "nothing.onnx", projection=PROJ)
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    with pytest.raises(DataError, match=r"junk\.onnx: cannot load the ONNX model"):
+    with pytest.raises(DataError, match=r"junk\.onnx: not a readable ONNX model"):
         OrtRangePredictor(tmp_path / "junk.onnx", projection=PROJ)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.onnx"]
 

@@ -180,7 +180,7 @@ def test_export_checkpoint_and_argument_errors(litefpn: nn.Module, tmp_path: Pat
     with pytest.raises(DataError, match="ONNX file not found"):
         OrtImagePredictor(tmp_path / "missing.onnx")
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
-    with pytest.raises(DataError, match="bad.onnx: ONNX Runtime cannot load"):
+    with pytest.raises(DataError, match="bad.onnx: not a readable ONNX model"):
         OrtImagePredictor(tmp_path / "bad.onnx")
     with pytest.raises(DataError, match="bad.onnx: not a readable ONNX model"):
         read_onnx_metadata(tmp_path / "bad.onnx")

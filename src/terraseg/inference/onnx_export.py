@@ -8,7 +8,9 @@
 * ``metadata_props`` (keys ``terraseg.*``, values text / JSON): the class names per channel and
   the ontology, the normalisation mean / std, the export size, whether H / W are dynamic, the
   training base size, the model spec and the terraseg version, so :class:`OrtImagePredictor`
-  needs nothing but the file (see :func:`read_onnx_metadata`).
+  needs nothing but the file (see :func:`read_onnx_metadata`); and ``terraseg.weights_sha256``,
+  a checksum of the weights that every session opening verifies
+  (:mod:`terraseg.inference.onnx_integrity`).
 
 Exporters (findings with torch 2.15, onnxscript 0.7, onnxruntime 1.31; checked on litefpn,
 upernet-resnet18, deeplabv3plus-resnet18 and segformer-mit_b0):
@@ -51,6 +53,7 @@ from torch import nn
 
 from terraseg.errors import ConfigError, DataError
 from terraseg.inference.image import BaseImagePredictor, TTAConfig, WindowConfig, _parse_size
+from terraseg.inference.onnx_integrity import record_digest
 from terraseg.io.atomic import atomic_path
 from terraseg.models.image.base import ImageSegmenter, unpack_outputs
 from terraseg.models.image.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalization
@@ -185,7 +188,8 @@ def _metadata(model: nn.Module, size: tuple[int, int], dynamic: bool, norm: Norm
 
 
 def _write_metadata(path: Path, props: Mapping[str, str]) -> int:
-    """Add ``props`` to the file's ``metadata_props`` (replacing same keys); returns the opset."""
+    """Add ``props`` and the weights checksum (:mod:`terraseg.inference.onnx_integrity`) to the file's
+    ``metadata_props`` (replacing same keys); returns the opset."""
     import onnx
 
     proto = onnx.load(str(path))
@@ -194,6 +198,7 @@ def _write_metadata(path: Path, props: Mapping[str, str]) -> int:
     proto.metadata_props.extend(keep)
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
+    record_digest(proto)  # last: a checksum of the weights as written, verified when a session opens the file
     onnx.save(proto, str(path))
     return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), -1)
 
@@ -491,7 +496,7 @@ class OrtImagePredictor(BaseImagePredictor):
 
         try:
             self.session = make_session(self.path, threads, providers, spin)
-        except ConfigError:
+        except (ConfigError, DataError):
             raise
         except Exception as exc:  # ORT raises its own exception types for unreadable models
             raise DataError(f"{self.path}: ONNX Runtime cannot load the model ({exc})") from exc

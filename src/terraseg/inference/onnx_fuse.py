@@ -147,8 +147,11 @@ def _opset(model: Any) -> int:
 
 
 def make_session(model: bytes | str | os.PathLike[str], threads: int | None = None,
-                 providers: Sequence[str] | None = None, spin: bool = True) -> Any:
+                 providers: Sequence[str] | None = None, spin: bool = True, verify: bool = True) -> Any:
     """An ONNX Runtime session (quiet logging) on a file or serialised model.
+
+    A file's weights are first checked against the checksum recorded at export and for NaN /
+    infinite values (:func:`~terraseg.inference.onnx_integrity.verify_onnx`).
 
     Args:
         threads: intra-op threads (None: ONNX Runtime's choice, all cores).
@@ -156,9 +159,11 @@ def make_session(model: bytes | str | os.PathLike[str], threads: int | None = No
         spin: let idle intra-op threads spin-wait for work (ONNX Runtime's default). False
             when other threads share the cores (the runtime's reader and writer): spinning
             threads steal their time; on 2 cores it took the LiDAR p95 from 132 to 87 ms.
+        verify: check a file's weights (serialised models given as bytes are not checked).
 
     Raises:
         ConfigError: ``threads`` is not a positive integer.
+        DataError: the file is unreadable or its weights are damaged.
     """
     import onnxruntime as ort
 
@@ -170,6 +175,10 @@ def make_session(model: bytes | str | os.PathLike[str], threads: int | None = No
         opts.intra_op_num_threads = int(threads)
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if verify and not isinstance(model, bytes):
+        from terraseg.inference.onnx_integrity import verify_onnx
+
+        verify_onnx(model)
     src = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(src, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
 
@@ -180,14 +189,12 @@ def fused_session(path: str | os.PathLike[str], *, uint8_input: tuple[Sequence[f
     """An ONNX Runtime session on the fused graph of the file ``path`` (see :func:`fuse_outputs`).
 
     Raises:
-        DataError: the file is unreadable or its graph cannot be fused.
+        DataError: the file is unreadable, its weights are damaged (see
+            :func:`~terraseg.inference.onnx_integrity.verify_onnx`) or its graph cannot be fused.
     """
-    import onnx
+    from terraseg.inference.onnx_integrity import verify_onnx
 
-    try:
-        proto = onnx.load(str(path))
-    except Exception as exc:  # protobuf decode errors of several types
-        raise DataError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    proto = verify_onnx(path)
     fused = fuse_outputs(proto, uint8_input=uint8_input, confidence=confidence, num_classes=num_classes,
                          where=str(path))
     try:

@@ -8,7 +8,8 @@
 - metadata property ``terraseg`` (JSON): ``arch``, the full SalsaNext ``config`` (number of
   classes, input channels, normalisation name, means and stds of the five raw channels, preset,
   ...), ``input`` / ``output`` names and shape, ``projection`` (when given at export) and the
-  model's ``ontology`` (when it has one).
+  model's ``ontology`` (when it has one); and ``terraseg.weights_sha256``, a checksum of the
+  weights verified whenever a session opens the file (:mod:`terraseg.inference.onnx_integrity`).
 
 The export is checked before anything is written: ONNX Runtime and PyTorch run the same input
 and the fraction of pixels with the same argmax (``agreement``) must reach ``min_agreement``;
@@ -43,6 +44,7 @@ from torch import Tensor, nn
 from terraseg.errors import ConfigError, DataError
 from terraseg.geometry.range_image import RangeProjection
 from terraseg.inference.onnx_fuse import make_session
+from terraseg.inference.onnx_integrity import record_digest
 from terraseg.io.atomic import atomic_write_bytes
 from terraseg.models.points.predict import OrganizedLayout, Projection, RangePredictor, ScanPrediction, _EvalMode
 from terraseg.models.points.range_post import KNNPost
@@ -230,6 +232,7 @@ def export_range_onnx(model: SalsaNext, path: str | os.PathLike[str], size: tupl
         meta["ontology"] = onto.to_dict()
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    record_digest(proto)
     import onnx
 
     onnx.checker.check_model(proto)
@@ -260,7 +263,7 @@ def _open_session(path: Path, threads: int | None, providers: list[str] | None, 
         raise DataError(f"{path}: ONNX file not found")
     try:
         return make_session(path, threads, providers, spin)
-    except ConfigError:
+    except (ConfigError, DataError):
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
         raise DataError(f"{path}: cannot load the ONNX model ({type(exc).__name__}: {exc})") from None

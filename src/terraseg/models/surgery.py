@@ -46,6 +46,15 @@ from torch import nn
 
 from terraseg.errors import ConfigError, DataError
 from terraseg.io.atomic import atomic_path
+from terraseg.models.integrity import (
+    CORRUPT_HINT,
+    DIGEST_ALGORITHM,
+    DIGEST_SCHEME,
+    check_finite,
+    non_finite,
+    verify_zip_crcs,
+    weights_digest,
+)
 from terraseg.ontology import LabelMap, Ontology, get_label_map, get_ontology
 
 log = logging.getLogger(__name__)
@@ -88,7 +97,11 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, ontology:
     The file is a ``torch.save`` dict readable with ``weights_only=True``::
 
         {"format": "terraseg-checkpoint", "version": 1, "model": spec, "ontology": {...} or None,
-         "meta": {...}, "state_dict": {name: tensor}}
+         "meta": {...}, "state_dict": {name: tensor},
+         "checksum": {"algorithm": "sha256", "scheme": 1, "state_dict": "<hex>", "tensors": N}}
+
+    ``checksum`` is :func:`~terraseg.models.integrity.weights_digest` of the state dict;
+    :func:`read_checkpoint` recomputes it and refuses a file whose weights changed since.
 
     Args:
         model: the model; its ``spec`` and ``ontology`` attributes are used when present.
@@ -97,13 +110,20 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, ontology:
         meta: extra plain-Python metadata (epoch, metrics, ...).
     """
     onto = resolve_ontology(ontology) if ontology is not None else getattr(model, "ontology", None)
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    bad = non_finite(sd)
+    if bad:
+        log.warning("%s: %d weight tensor(s) hold NaN or infinite values (%s); the file is written but will be "
+                    "refused when read", path, len(bad), ", ".join(n for n, _, _ in bad[:4]))
     obj = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "model": dict(spec if spec is not None else getattr(model, "spec", {}) or {}),
         "ontology": onto.to_dict() if isinstance(onto, Ontology) else None,
         "meta": dict(meta or {}),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": sd,
+        "checksum": {"algorithm": DIGEST_ALGORITHM, "scheme": DIGEST_SCHEME, "state_dict": weights_digest(sd),
+                     "tensors": sum(isinstance(v, torch.Tensor) for v in sd.values())},
     }
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -114,9 +134,14 @@ def read_checkpoint(checkpoint: str | os.PathLike[str] | Mapping[str, Any] | Che
                     trusted: bool = False) -> Checkpoint:
     """Read any supported checkpoint (see the module docstring) into a :class:`Checkpoint`.
 
+    Integrity (see :mod:`terraseg.models.integrity`): the CRC-32 of every record of a zip-format
+    ``torch.save`` file is checked, the weights checksum of a terraseg checkpoint is recomputed
+    (files written before checksums were recorded load with a log note), and NaN or infinite
+    weights are refused.
+
     Raises:
-        DataError: the file is missing, unreadable, holds untrusted Python objects (and
-            ``trusted`` is False), or contains no tensors.
+        DataError: the file is missing, unreadable, damaged (CRC or checksum mismatch, non-finite
+            weights), holds untrusted Python objects (and ``trusted`` is False), or contains no tensors.
     """
     if isinstance(checkpoint, Checkpoint):
         return checkpoint
@@ -131,9 +156,12 @@ def read_checkpoint(checkpoint: str | os.PathLike[str] | Mapping[str, Any] | Che
         except ImportError:  # pragma: no cover - safetensors comes with timm
             raise DataError(f"{path}: reading .safetensors needs the 'safetensors' package") from None
         try:
-            return Checkpoint(dict(load_file(str(path), device="cpu")), str(path), "safetensors")
+            sd = dict(load_file(str(path), device="cpu"))
         except Exception as exc:  # safetensors raises its own error types
             raise DataError(f"{path}: not a readable safetensors file ({exc})") from exc
+        check_finite(sd, str(path))
+        return Checkpoint(sd, str(path), "safetensors")
+    verify_zip_crcs(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as exc:
@@ -144,7 +172,9 @@ def read_checkpoint(checkpoint: str | os.PathLike[str] | Mapping[str, Any] | Che
     except Exception as exc:  # zip/EOF/runtime errors from a corrupt or foreign file
         raise DataError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {_first_line(exc)})") from exc
     if isinstance(obj, nn.Module):
-        return Checkpoint(dict(obj.state_dict()), str(path), "module")
+        ck = Checkpoint(dict(obj.state_dict()), str(path), "module")
+        check_finite(ck.state_dict, str(path))
+        return ck
     if not isinstance(obj, Mapping):
         raise DataError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return _interpret(obj, str(path))
@@ -158,7 +188,36 @@ def _tensors_only(d: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in d.items() if isinstance(v, torch.Tensor)}
 
 
+def _verify_checksum(obj: Mapping[str, Any], sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Compare a terraseg checkpoint's recorded weights checksum with its tensors."""
+    ck = obj.get("checksum")
+    if ck is None:
+        log.info("%s: no weights checksum recorded (written before terraseg recorded them); "
+                 "checked the file's CRCs and that the weights are finite", source)
+        return
+    if not isinstance(ck, Mapping) or ck.get("algorithm") != DIGEST_ALGORITHM or not isinstance(
+            ck.get("state_dict"), str):
+        raise DataError(f"{source}: unreadable weights checksum record {ck!r}; {CORRUPT_HINT}")
+    if int(ck.get("scheme", 1)) != DIGEST_SCHEME:
+        log.warning("%s: weights checksum scheme %s is not %s (a newer terraseg?); not checked", source,
+                    ck.get("scheme"), DIGEST_SCHEME)
+        return
+    if weights_digest(sd) != ck["state_dict"]:
+        n = ck.get("tensors")
+        count = f" ({len(sd)} tensors, {n} when saved)" if isinstance(n, int) and n != len(sd) else ""
+        raise DataError(f"{source}: the weights do not match the checksum recorded when the file was "
+                        f"saved{count}; {CORRUPT_HINT}")
+
+
 def _interpret(obj: Mapping[str, Any], source: str) -> Checkpoint:
+    ck = _interpret_unchecked(obj, source)
+    if ck.kind == "terraseg":
+        _verify_checksum(obj, ck.state_dict, source)
+    check_finite(ck.state_dict, source)
+    return ck
+
+
+def _interpret_unchecked(obj: Mapping[str, Any], source: str) -> Checkpoint:
     if obj.get("format") == CHECKPOINT_FORMAT:
         sd = obj.get("state_dict")
         if not isinstance(sd, Mapping):

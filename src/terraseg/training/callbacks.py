@@ -13,17 +13,80 @@ import torch
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from terraseg.errors import DataError
 from terraseg.io.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 from terraseg.models.surgery import save_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written to a temporary name and renamed, so a kill during saving never
-    leaves a truncated ``last.ckpt``."""
+    leaves a truncated ``last.ckpt``; a checkpoint already read and checked by
+    :func:`load_resume_checkpoint` is handed to Lightning without reading the file again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._preloaded: tuple[str, dict[str, Any]] | None = None
+
+    def preload(self, path: str | Path, checkpoint: dict[str, Any]) -> None:
+        """Serve ``checkpoint`` for the next :meth:`load_checkpoint` of ``path``."""
+        self._preloaded = (str(path), checkpoint)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if self._preloaded is not None and self._preloaded[0] == str(path):
+            checkpoint, self._preloaded = self._preloaded[1], None
+            return checkpoint
+        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+
+#: Top-level keys of every Lightning checkpoint written by ``terraseg train``.
+RESUME_KEYS = ("state_dict", "loops", "optimizer_states", "global_step", "epoch")
+
+
+def load_resume_checkpoint(path: str | Path, model_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Read and check a run's ``last.ckpt`` before Lightning resumes from it.
+
+    Checks the zip CRCs (a damaged file), that it is a Lightning checkpoint written by ``terraseg
+    train`` (``RESUME_KEYS``), that its model tensors are those of ``model_state`` (names and
+    shapes: the same recipe) and that they are finite.
+
+    Returns:
+        The checkpoint dict (CPU tensors).
+
+    Raises:
+        DataError: naming the file and the problem.
+    """
+    from terraseg.models.integrity import CORRUPT_HINT, check_finite, verify_zip_crcs
+
+    p = Path(path)
+    hint = "start the run again with --overwrite (or under another name=), or restore the file"
+    verify_zip_crcs(p)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle / zip / EOF errors of a foreign or damaged file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DataError(f"{p}: not a readable resume checkpoint ({type(exc).__name__}: {first}); it is damaged or "
+                        f"was not written by `terraseg train`; {hint}") from None
+    if not isinstance(ckpt, dict) or not set(RESUME_KEYS) <= set(ckpt):
+        keys = ", ".join(sorted(map(str, ckpt))[:8]) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise DataError(f"{p}: not a resume checkpoint written by `terraseg train` (it holds {keys or 'nothing'}; "
+                        f"best.pth / last.pth hold weights only and cannot be resumed from); {hint}")
+    sd = ckpt["state_dict"]
+    missing = [k for k in model_state if k not in sd]
+    unexpected = [k for k in sd if k not in model_state]
+    shapes = [k for k in model_state if k in sd and tuple(sd[k].shape) != tuple(model_state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in (("missing", missing), ("unexpected", unexpected),
+                                                                   ("of another shape", shapes)) if v]
+        raise DataError(f"{p}: its model tensors do not match this recipe's model ({'; '.join(parts)}); it was written "
+                        f"by a run of another model or recipe; {hint}")
+    check_finite(sd, str(p))
+    if not isinstance(ckpt.get("global_step"), int):
+        raise DataError(f"{p}: no global step recorded; {CORRUPT_HINT}")
+    return ckpt
 
 
 class TrainProgressBar(RichProgressBar):
@@ -110,8 +173,13 @@ class RunCheckpoints(Callback):
     """After each validation: ``last.pth`` (and ``best.pth`` when val mIoU improved) as terraseg
     checkpoints of the model (EMA weights when EMA is on) with ``meta`` (epoch, step, metrics,
     preprocessing), plus the Lightning ``last.ckpt`` that ``--resume`` continues from; optionally
-    also ``last.ckpt`` every N steps. Writes ``history.jsonl`` (one line per validation) and
-    ``best.json``.
+    also ``last.ckpt`` every N optimiser steps. Writes ``history.jsonl`` (one line per validation)
+    and ``best.json``.
+
+    ``last.ckpt`` is only written right after an optimiser step (never in the middle of gradient
+    accumulation) and never just before a validation (the validation's end writes it): a run
+    killed during a validation resumes before it and validates again, so no history row is lost.
+    The loggers are flushed first, so ``metrics.csv`` holds every row up to the checkpoint's step.
     """
 
     def __init__(self, run_dir: Path, meta: dict[str, Any], ema: EMA | None = None,
@@ -128,6 +196,7 @@ class RunCheckpoints(Callback):
         self.best_epoch: int | None = None
         self.history: list[dict[str, Any]] = []
         self.last_validated_step = -1
+        self._last_saved_step = -1
 
     @property
     def resume_path(self) -> Path:
@@ -141,6 +210,16 @@ class RunCheckpoints(Callback):
             clone.load_state_dict(self.ema.shadow)
             return clone
         return model  # type: ignore[return-value]
+
+    def save_resume(self, trainer: L.Trainer) -> None:
+        """Flush the loggers and write ``last.ckpt`` (every rank calls it: saving synchronises them)."""
+        for lg in trainer.loggers:
+            lg.save()
+        trainer.save_checkpoint(self.resume_path)
+        self._last_saved_step = trainer.global_step
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_saved_step = trainer.global_step
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -169,12 +248,16 @@ class RunCheckpoints(Callback):
             with open(self.run_dir / "history.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
         if trainer.state.fn == "fit":  # a trainer.validate() after fit has no optimiser state to save
-            trainer.save_checkpoint(self.resume_path)
+            self.save_resume(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.every_steps and trainer.global_step and trainer.global_step % self.every_steps == 0:
-            trainer.save_checkpoint(self.resume_path)
+        step = trainer.global_step
+        if not self.every_steps or not step or step % self.every_steps or step == self._last_saved_step:
+            return  # not a checkpoint step, or no optimiser step since the last save (gradient accumulation)
+        if _validation_follows(trainer):
+            return  # the validation's end writes it
+        self.save_resume(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The final weights as ``last.pth`` (also for runs without a validation split) and the
@@ -186,7 +269,7 @@ class RunCheckpoints(Callback):
                     "ema": self.ema is not None}
             meta["val"] = {k[4:]: v for k, v in meta["val"].items()}
             save_checkpoint(self.ckpt_dir / "last.pth", self._model_state_module(pl_module), meta=meta)
-        trainer.save_checkpoint(self.resume_path)
+        self.save_resume(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "last_validated_step": self.last_validated_step}
@@ -195,6 +278,15 @@ class RunCheckpoints(Callback):
         self.best = float(state_dict["best"])
         self.best_epoch = state_dict.get("best_epoch")
         self.last_validated_step = int(state_dict.get("last_validated_step", -1))
+
+
+def _validation_follows(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates right after the current training batch (its own decision rule)."""
+    loop = trainer.fit_loop
+    try:
+        return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+    except Exception:  # a Lightning without these internals: save anyway (a kill during the validation
+        return False   # then loses its history row, as before)
 
 
 def _shallow_model_copy(model: torch.nn.Module) -> torch.nn.Module:

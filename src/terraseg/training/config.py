@@ -322,6 +322,12 @@ class TrainConfig:
             raise ConfigError(f"{s}: schedule.horizon: time needs trainer.max_time_s (the time budget to decay over)")
         if self.task == "points" and self.copy_paste:
             raise ConfigError(f"{s}: copy_paste applies to the image task only")
+        if self.task == "points" and (self.eval.window or self.eval.tta):
+            raise ConfigError(f"{s}: eval.window and eval.tta apply to the image task only")
+        if t.checkpoint_every_steps is not None and t.checkpoint_every_steps < 1:
+            raise ConfigError(f"{s}: trainer.checkpoint_every_steps must be at least 1, got {t.checkpoint_every_steps}")
+        if t.val_every_steps is not None and t.val_every_steps < 1:
+            raise ConfigError(f"{s}: trainer.val_every_steps must be at least 1, got {t.val_every_steps}")
         if self.task == "points" and self.data.repeat_factor is not None:
             raise ConfigError(f"{s}: data.repeat_factor applies to the image task only")
 

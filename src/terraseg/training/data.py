@@ -289,14 +289,43 @@ def collate_scans(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 class ShardSampler(torch.utils.data.Sampler[int]):
-    """Indices ``rank, rank + world, ...`` in order: each validation sample seen by exactly one process
-    (no padding, so merged confusion matrices count every sample once)."""
+    """Indices ``rank, rank + world, ...`` in order: each validation sample seen by exactly one process.
 
-    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0) -> None:
+    With ``pad`` every process gets ``ceil(n / world)`` indices: the last ones may be ``>= n``,
+    padding that :class:`IgnoredPadding` turns into samples scored nowhere (so merged confusion
+    matrices still count every sample once, and a split with fewer samples than processes works).
+    """
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0, pad: bool = False) -> None:
         self.n, self.num_replicas, self.rank = n, num_replicas, rank
+        self.total = -(-n // num_replicas) * num_replicas if pad and n > 0 else n
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(range(self.rank, self.n, self.num_replicas))
+        return iter(range(self.rank, self.total, self.num_replicas))
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.num_replicas))
+        return len(range(self.rank, self.total, self.num_replicas))
+
+
+class IgnoredPadding(torch.utils.data.Dataset):
+    """A dataset whose indices ``n, n + 1, ...`` (past its end) give sample ``index % n`` with every
+    target set to :data:`IGNORE_INDEX`: padding for :class:`ShardSampler` that no metric counts."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self.dataset)
+        if index < n:
+            return self.dataset[index]
+        sample = dict(self.dataset[index % n])
+        for key, value in sample.items():
+            if "target" in key:
+                if isinstance(value, torch.Tensor):
+                    sample[key] = torch.full_like(value, IGNORE_INDEX)
+                elif isinstance(value, list | tuple):
+                    sample[key] = type(value)(torch.full_like(v, IGNORE_INDEX) for v in value)
+        return sample

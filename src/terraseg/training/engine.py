@@ -13,17 +13,28 @@ A run writes, under ``<output>/<name>/``::
     summary.json                 the final result (best mIoU, epochs, seconds, checkpoints)
 
 Resume: ``train(config, resume=True)`` (``terraseg train ... --resume``) continues a run from
-``last.ckpt`` with the same optimiser state, schedule position, EMA, early-stopping counter and
-best score; with the per-sample seeding of :mod:`terraseg.training.data` an epoch-based run resumed
-after epoch ``e`` continues exactly like the uninterrupted run.
+``last.ckpt`` (written after every validation, every ``trainer.checkpoint_every_steps`` optimiser
+steps and at the end) with the same optimiser state, schedule position, EMA, early-stopping
+counter and best score, at the same place in the epoch's sample order (the training loader's
+position is part of ``last.ckpt``). Every random draw depends only on (seed, epoch, sample) for
+the data (:mod:`terraseg.training.data`) and (seed, epoch, batch, rank) for the model (dropout),
+so a run resumed from any ``last.ckpt`` continues exactly like the uninterrupted run, on the same
+number of devices with the same recipe (see ``docs/training.md`` for the exceptions: a time-based
+schedule, ``max_time_s``, non-deterministic GPU kernels). ``history.jsonl`` and ``metrics.csv``
+are appended to (rows the interrupted run logged after the checkpoint are dropped first).
+
+A recipe is checked completely (data, model, loss, augmentation, copy-paste, evaluation) before
+the run folder is created; a start that fails after that removes the folder again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -44,6 +55,7 @@ from terraseg.training.config import TrainConfig
 from terraseg.training.data import (
     IGNORE_INDEX,
     FrameCache,
+    IgnoredPadding,
     ImageSamples,
     PointSampleSpec,
     ScanSamples,
@@ -52,6 +64,7 @@ from terraseg.training.data import (
     collate_scans,
 )
 from terraseg.training.losses import build_loss
+from terraseg.training.runlog import read_history, truncate_logs
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +118,9 @@ def resolve_ontology(cfg: TrainConfig, frames: Any) -> Ontology:
 
 
 def _class_weight_tables(cfg: TrainConfig, ontology: Ontology, class_stats: Callable[[], ClassStats],
-                         run_dir: Path) -> Any:
+                         cache: dict[str, np.ndarray]) -> Any:
     """Named class weights (enet, median, inv_sqrt) from a statistics file or the training split
-    (``class_stats()`` counts it, once per run)."""
-    cache: dict[str, np.ndarray] = {}
+    (``class_stats()`` counts it, once per run); every table used is kept in ``cache``."""
 
     def table(name: str) -> np.ndarray:
         if name in cache:
@@ -118,11 +130,6 @@ def _class_weight_tables(cfg: TrainConfig, ontology: Ontology, class_stats: Call
         else:
             w = class_stats().class_weights(name)  # type: ignore[arg-type]
         cache[name] = w
-        atomic_write_text(run_dir / "class_weights.json",
-                          json.dumps({"ontology": ontology.name,
-                                      "weights": {k: {ontology.name_of(i): round(float(v[i]), 6)
-                                                      for i in ontology.ids.tolist()} for k, v in cache.items()}},
-                                     indent=2) + "\n")
         return w
 
     return table
@@ -142,31 +149,89 @@ def _count_classes(cfg: TrainConfig, ontology: Ontology, frames: FrameCache, pro
 
 
 class _EpochSampler(torch.utils.data.Sampler[int]):
-    """Wraps a sampler so ``set_epoch`` (called by Lightning) also reaches the dataset's seeding."""
+    """Wraps a sampler so ``set_epoch`` (called by Lightning) also reaches the dataset's seeding, and
+    so an epoch can start part-way (:meth:`start_at`, a resumed run)."""
 
     def __init__(self, sampler: Any, dataset: Any) -> None:
         self.sampler, self.dataset = sampler, dataset
+        self.epoch = 0
+        self._skip: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
         self.dataset.set_epoch(epoch)
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.sampler)
+    def start_at(self, epoch: int, skip: int) -> None:
+        """Select ``epoch`` and leave out its first ``skip`` indices on the next pass over it."""
+        self.set_epoch(epoch)
+        self._skip = (int(epoch), int(skip)) if skip > 0 else None
 
-    def __len__(self) -> int:
+    def __iter__(self) -> Iterator[int]:
+        it = iter(self.sampler)
+        skip, self._skip = self._skip, None
+        if skip is not None and skip[0] == self.epoch:
+            return itertools.islice(it, skip[1], None)
+        return it
+
+    def __len__(self) -> int:  # the whole epoch: Lightning counts the batches of a resumed epoch from where it was
         return len(self.sampler)
+
+
+def _loader_position(trainer: Any) -> tuple[int, int]:
+    """``(epoch, batches done in it)`` of the next training batch."""
+    fl = trainer.fit_loop
+    ep = fl.epoch_progress.current
+    if ep.started <= ep.completed:  # between epochs
+        return int(ep.completed), 0
+    done = int(fl.epoch_loop.batch_progress.current.processed)
+    if done >= trainer.num_training_batches:
+        return int(ep.completed) + 1, 0
+    return int(ep.completed), done
+
+
+class _TrainLoader(torch.utils.data.DataLoader):
+    """The training DataLoader, whose position (epoch, batches done, batch size, processes) Lightning
+    saves in ``last.ckpt`` (``state_dict``) and gives back on resume (``load_state_dict``)."""
+
+    trainer: Any = None
+    world_size: int = 1
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, done = _loader_position(self.trainer) if self.trainer is not None else (0, 0)
+        return {"epoch": epoch, "batches": done, "batch_size": int(self.batch_size or 1),
+                "world_size": int(self.world_size)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        sampler = self.sampler
+        assert isinstance(sampler, _EpochSampler)
+        sampler.start_at(*_start(state, self.batch_size))
+
+
+def _start(state: dict[str, Any], batch_size: int | None) -> tuple[int, int]:
+    """``(epoch, sample indices to skip)`` of a saved loader position."""
+    return int(state["epoch"]), int(state["batches"]) * int(state.get("batch_size") or batch_size or 1)
+
+
+def loader_position(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The training loader's position saved in a Lightning checkpoint by :class:`_TrainLoader` (None
+    in checkpoints written before terraseg saved it)."""
+    fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    states = (fit.get("state_dict") or {}).get("combined_loader") or []
+    pos = states[0] if states and isinstance(states[0], dict) else None
+    return pos if pos is not None and {"epoch", "batches"} <= set(pos) else None
 
 
 # ------------------------------------------------------------------------------------- the run
 class _Run:
     """Everything built from a recipe (datasets, model, loss, Lightning module)."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, progress: bool) -> None:
+    def __init__(self, cfg: TrainConfig, run_dir: Path | None = None, progress: bool = True) -> None:
         self.cfg = cfg
-        self.run_dir = run_dir
         d = cfg.data
+        if not Path(d.root).exists():
+            raise DataError(f"{cfg.source}: data.root {d.root} does not exist")
         train_ds = _open(cfg, d.train_split)
         if len(train_ds) == 0:
             raise DataError(f"{d.root}: no frames in split {d.train_split!r}")
@@ -178,18 +243,44 @@ class _Run:
         self.train_frames = FrameCache(train_ds, cache=d.cache, limit=d.max_train_frames)
         self.val_frames = FrameCache(val_ds, cache=d.cache, limit=d.max_val_frames)
         self.num_classes = self.ontology.max_id + 1
-        self.preset = self._preset()
-        self.model = self._model()
+        self.preset = _with_source(cfg, "eval.preset", self._preset)
+        self.model = _with_source(cfg, "model", self._model)
         self.meta = {"task": cfg.task, "recipe": cfg.name, "ontology": self.ontology.name}
         self._stats: ClassStats | None = None
         self._progress = progress
         self.train_set, self.val_set, adapter = self._datasets(progress)
-        weights = _class_weight_tables(cfg, self.ontology, self.class_stats, run_dir)
+        self.class_weights: dict[str, np.ndarray] = {}
+        weights = _class_weight_tables(cfg, self.ontology, self.class_stats, self.class_weights)
         self.loss = build_loss(cfg.loss, ignore_index=IGNORE_INDEX, weight_tables=weights,
                                num_classes=self.num_classes, source=f"{cfg.source}: loss")
         from terraseg.training.module import SegmentationModule
 
         self.module = SegmentationModule(self.model, adapter, self.loss, cfg, self.ontology, self.preset)
+        self._presence: np.ndarray | None = None
+        if run_dir is not None:
+            self.write_class_weights(run_dir)
+
+    def write_class_weights(self, run_dir: Path) -> None:
+        """``class_weights.json``: the named class weight tables the loss uses (nothing when none)."""
+        if not self.class_weights:
+            return
+        onto = self.ontology
+        atomic_write_text(Path(run_dir) / "class_weights.json",
+                          json.dumps({"ontology": onto.name,
+                                      "weights": {k: {onto.name_of(i): round(float(v[i]), 6) for i in onto.ids.tolist()}
+                                                  for k, v in self.class_weights.items()}}, indent=2) + "\n")
+
+    def repeat_factors(self) -> np.ndarray:
+        """Per-sample repeat factors of the training split (all 1 without ``data.repeat_factor``)."""
+        from terraseg.training.sampling import class_presence, repeat_factors
+
+        cfg = self.cfg
+        if cfg.data.repeat_factor is None or cfg.task != "image":
+            return np.ones(len(self.train_set))
+        if self._presence is None:
+            self._presence = class_presence(self.train_frames, self.num_classes,
+                                            ignore_ids=tuple(self.ontology.ignore_ids), progress=False)
+        return repeat_factors(self._presence, cfg.data.repeat_factor)
 
     def class_stats(self) -> ClassStats:
         """Class counts of the training split, read once and shared by the loss weights and the
@@ -278,7 +369,18 @@ class _Run:
         from terraseg.training.copypaste import CopyPaste, InstanceBank
 
         cp = dict(self.cfg.copy_paste or {})
+        bank_keys = ("use_instances", "min_pixels", "max_per_class")
+        known = ("classes", "num_rare", *bank_keys, "p", "max_instances", "scale", "hflip", "blend")
+        unknown = sorted(set(cp) - set(known))
+        if unknown:
+            raise ConfigError(f"{self.cfg.source}: copy_paste: unknown key {unknown[0]!r} (known: {', '.join(known)})")
+        # check the paste options now, before the instance bank is cut out of every training frame
+        _with_source(self.cfg, "copy_paste", lambda: CopyPaste(InstanceBank([]), ignore_id=_pad(self.ontology), **{
+            k: v for k, v in cp.items() if k not in ("classes", "num_rare", *bank_keys)}))
         classes = cp.pop("classes", "rare")
+        if classes != "rare" and (isinstance(classes, (str, bytes)) or not isinstance(classes, (list, tuple))):
+            raise ConfigError(f"{self.cfg.source}: copy_paste.classes must be 'rare' or a list of class names / ids, "
+                              f"got {classes!r}")
         if classes == "rare":
             stats = self.class_stats()
             f = stats.frequencies()
@@ -286,9 +388,10 @@ class _Run:
             k = int(cp.pop("num_rare", max(1, len(seen) // 4)))
             ids = sorted(seen, key=lambda i: f[i])[:k]
         else:
-            ids = [self.ontology.id_of(c) if isinstance(c, str) else int(c) for c in classes]
+            ids = _with_source(self.cfg, "copy_paste.classes", lambda: [
+                self.ontology[c if isinstance(c, str) else int(c)].id for c in classes])
             cp.pop("num_rare", None)
-        bank_opts = {k: cp.pop(k) for k in ("use_instances", "min_pixels", "max_per_class") if k in cp}
+        bank_opts = {k: cp.pop(k) for k in bank_keys if k in cp}
         bank = InstanceBank.from_dataset(self.train_frames, ids, progress=progress, **bank_opts)
         if len(bank) == 0:
             log.warning("copy-paste: no instances of %s found in the training split", ids)
@@ -303,8 +406,12 @@ def _pad(onto: Ontology) -> int:
 
 
 def _with_source(cfg: TrainConfig, section: str, fn: Any) -> Any:
+    """``fn()``, its configuration errors (and TypeError / ValueError: bad options) prefixed with the
+    recipe file and section; data errors (which name their file) pass unchanged."""
     try:
         return fn()
+    except DataError:
+        raise
     except (ConfigError, TypeError, ValueError) as exc:
         msg = str(exc)
         raise ConfigError(f"{cfg.source}: {section}: {msg}") from None
@@ -336,26 +443,42 @@ def launched_worker() -> bool:
                                                                    "SLURM_PROCID"))
 
 
-def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
-    """The run folder ``<output>/<name>``; refuses to mix two runs in one folder."""
+def check_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> Path:
+    """The run folder ``<output>/<name>``, checked without creating anything: refuses to mix two
+    runs in one folder, and to resume a run that has no ``last.ckpt``."""
     run_dir = Path(cfg.output) / cfg.name
     if launched_worker():
-        run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if resume:
         if not ckpt.is_file():
             raise ConfigError(f"{ckpt}: nothing to resume (no checkpoint of run {cfg.name!r})")
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"{run_dir}: a run with this name exists; pass --resume to continue it, "
-                              "--overwrite to replace it, or name=<new name>")
-        import shutil
-
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: exists and is not a folder; choose another output or name")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"{run_dir}: a run with this name exists; pass --resume to continue it, "
+                          "--overwrite to replace it, or name=<new name>")
     return run_dir
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> tuple[Path, bool]:
+    """Create (or, with ``overwrite``, replace) the run folder after :func:`check_run_dir`.
+
+    Returns:
+        ``(run folder, created)``: ``created`` is True when this call made a fresh folder (which
+        a failed start then removes again).
+    """
+    run_dir = check_run_dir(cfg, resume, overwrite)
+    if launched_worker():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir, False
+    if resume:
+        return run_dir, False
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        shutil.rmtree(run_dir)  # overwrite (check_run_dir refused otherwise)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, True
 
 
 @contextlib.contextmanager
@@ -382,14 +505,42 @@ def _quiet_lightning() -> Iterator[None]:
                 lg.setLevel(lv)
 
 
+def _resume_notes(cfg: TrainConfig, ckpt: dict[str, Any], world: int) -> tuple[str, list[str]]:
+    """Where a run resumes, and why it would not continue exactly like the uninterrupted run (if so)."""
+    step = int(ckpt.get("global_step", 0))
+    pos = loader_position(ckpt)
+    notes: list[str] = []
+    if pos is None:
+        where = f"step {step}, epoch {ckpt.get('epoch')}"
+        notes.append("the checkpoint does not record the position in the epoch (written by an older terraseg): "
+                     "exact only when it was written at the end of an epoch")
+    else:
+        where = f"step {step}, epoch {pos['epoch']}" + (f" after {pos['batches']} batches" if pos["batches"] else "")
+        if int(pos.get("batch_size", cfg.data.batch_size)) != cfg.data.batch_size:
+            notes.append(f"data.batch_size changed ({pos['batch_size']} -> {cfg.data.batch_size})")
+        if int(pos.get("world_size", world)) != world:
+            notes.append(f"the number of processes changed ({pos['world_size']} -> {world})")
+    if cfg.schedule.horizon == "time":
+        notes.append("schedule.horizon: time decays the learning rate with wall-clock time")
+    if cfg.trainer.max_time_s:
+        notes.append("trainer.max_time_s ends the run after a wall-clock time")
+    if _on_gpu(cfg) and not cfg.trainer.deterministic:
+        notes.append("GPU kernels are not deterministic unless trainer.deterministic: true")
+    return where, notes
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
           devices: int | str | None = None, num_nodes: int | None = None, accelerator: str | None = None
           ) -> TrainResult:
     """Train a model from a recipe.
 
+    The whole recipe (data, model, loss, augmentation, copy-paste, evaluation) is built and checked
+    before the run folder is created; if the start still fails after that, the new folder is
+    removed, so the corrected command can be run again as it is.
+
     Args:
         cfg: the validated recipe (:func:`terraseg.training.load_config`).
-        resume: continue ``<output>/<name>`` from its ``last.ckpt``.
+        resume: continue ``<output>/<name>`` from its ``last.ckpt`` (exactly; see the module docstring).
         overwrite: replace an existing run folder of the same name.
         progress: show the progress bar and a summary line per validation.
         devices, num_nodes, accelerator: override ``trainer.*`` (the CLI's ``--devices`` ...).
@@ -398,72 +549,40 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         A :class:`TrainResult`.
 
     Raises:
-        ConfigError / DataError: bad recipe or data, with the file and the problem.
+        ConfigError / DataError: bad recipe or data, or a damaged / foreign ``last.ckpt``, with the
+            file and the problem.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    from terraseg.training.callbacks import EMA, AtomicCheckpointIO, EpochSummary, RunCheckpoints, TrainProgressBar
 
     t0 = time.perf_counter()
-    run_dir = prepare_run_dir(cfg, resume, overwrite)
-    if not resume and not launched_worker():
-        cfg.save(run_dir / "config.yaml")
-    tr = cfg.trainer
+    run_dir = check_run_dir(cfg, resume, overwrite)
     with _quiet_lightning():
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        run = _Run(cfg, run_dir, progress)
-        callbacks: list[Any] = []
-        ema = EMA(cfg.ema.decay) if cfg.ema.enabled else None
-        if ema is not None:
-            callbacks.append(ema)
-        ckpts = RunCheckpoints(run_dir, {**run.meta, "config": cfg.to_dict()}, ema, tr.checkpoint_every_steps,
-                               cfg.early_stopping.min_delta)
-        callbacks.append(ckpts)
-        callbacks.append(EpochSummary(ckpts, enabled=progress))
-        early = None
-        if cfg.early_stopping.patience is not None and len(run.val_frames):
-            early = EarlyStopping("val/mIoU", mode="max", patience=cfg.early_stopping.patience,
-                                  min_delta=cfg.early_stopping.min_delta, check_finite=False)
-            callbacks.append(early)
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-        if progress:
-            callbacks.append(TrainProgressBar(leave=True))
-        loggers = [CSVLogger(str(run_dir), name="", version="", flush_logs_every_n_steps=tr.log_every),
-                   TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False)]
-        acc = accelerator or tr.accelerator
-        ndev = devices if devices is not None else tr.devices
-        strategy = tr.strategy
-        if strategy == "auto" and (isinstance(ndev, int) and ndev > 1 or (num_nodes or tr.num_nodes) > 1):
-            strategy = "ddp_find_unused_parameters_true" if cfg.task == "image" else "ddp"
-        val_kw: dict[str, Any] = {}
-        if tr.val_every_steps:
-            val_kw = {"val_check_interval": tr.val_every_steps, "check_val_every_n_epoch": None}
-        else:
-            val_kw = {"check_val_every_n_epoch": tr.val_every}
-        trainer = L.Trainer(
-            accelerator=acc, devices=ndev, num_nodes=num_nodes or tr.num_nodes, strategy=strategy,
-            precision=_precision(cfg),  # type: ignore[arg-type]
-            max_epochs=tr.max_epochs if tr.max_steps is None else -1,
-            max_steps=tr.max_steps if tr.max_steps is not None else -1,
-            accumulate_grad_batches=tr.accumulate, gradient_clip_val=tr.grad_clip,
-            log_every_n_steps=tr.log_every, callbacks=callbacks, logger=loggers,
-            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-            num_sanity_val_steps=0, deterministic=tr.deterministic, use_distributed_sampler=False,
-            plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
-            max_time={"seconds": tr.max_time_s} if tr.max_time_s else None,  # type: ignore[arg-type]
-            limit_val_batches=1.0 if len(run.val_frames) else 0, **val_kw)
-        dm = _DataModule(run, cfg)
-        if _channels_last(cfg):
-            run.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        ckpt_path = str(ckpts.resume_path) if resume else None
-        trainer.fit(run.module, datamodule=dm, ckpt_path=ckpt_path)
-        if len(run.val_frames) and trainer.global_step > 0 and ckpts.last_validated_step != trainer.global_step \
-                and not trainer.interrupted:
-            # stopped between validations (max_time, max_steps): score the final weights too
-            trainer.validate(run.module, datamodule=dm, verbose=False)
-    history = _read_history(run_dir)
+        run = _Run(cfg, None, progress)
+        resume_ckpt = None
+        if resume:
+            from terraseg.training.callbacks import load_resume_checkpoint
+
+            resume_ckpt = load_resume_checkpoint(run_dir / "checkpoints" / "last.ckpt", run.module.state_dict())
+        run_dir, created = prepare_run_dir(cfg, resume, overwrite)
+        trainer = None
+        try:
+            trainer, early, ckpts = _build_trainer(cfg, run, run_dir, resume_ckpt, progress, devices, num_nodes,
+                                                   accelerator)
+            dm = _DataModule(run, cfg, loader_position(resume_ckpt) if resume_ckpt else None)
+            if _channels_last(cfg):
+                run.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            trainer.fit(run.module, datamodule=dm, ckpt_path=str(ckpts.resume_path) if resume_ckpt else None)
+            if len(run.val_frames) and trainer.global_step > 0 and \
+                    ckpts.last_validated_step != trainer.global_step and not trainer.interrupted:
+                # stopped between validations (max_time, max_steps): score the final weights too
+                trainer.validate(run.module, datamodule=dm, verbose=False)
+        except BaseException:
+            if created and not launched_worker() and (trainer is None or trainer.global_step == 0) \
+                    and not (run_dir / "checkpoints" / "last.ckpt").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves nothing behind
+            raise
+    history = read_history(run_dir)
     best = run_dir / "checkpoints" / "best.pth"
     last = run_dir / "checkpoints" / "last.pth"
     result = TrainResult(run_dir=run_dir, best_checkpoint=best if best.is_file() else None,
@@ -483,48 +602,139 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     return result
 
 
-def _read_history(run_dir: Path) -> list[dict[str, Any]]:
-    p = run_dir / "history.jsonl"
-    if not p.is_file():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+def _build_trainer(cfg: TrainConfig, run: _Run, run_dir: Path, resume_ckpt: dict[str, Any] | None, progress: bool,
+                   devices: int | str | None, num_nodes: int | None, accelerator: str | None
+                   ) -> tuple[Any, Any, Any]:
+    """Write the run's first files (recipe, class weights; on resume: drop the logs past the
+    checkpoint) and build the Lightning trainer; returns ``(trainer, early stopping or None,
+    RunCheckpoints)``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from terraseg.training.callbacks import EMA, AtomicCheckpointIO, EpochSummary, RunCheckpoints, TrainProgressBar
+    from terraseg.training.runlog import RunCSVLogger
+
+    tr = cfg.trainer
+    primary = not launched_worker()
+    if primary and resume_ckpt is None:
+        cfg.save(run_dir / "config.yaml")
+    if primary:
+        run.write_class_weights(run_dir)
+    resume_step = int(resume_ckpt["global_step"]) if resume_ckpt is not None else None
+    if resume_step is not None and primary:
+        truncate_logs(run_dir, resume_step)
+    callbacks: list[Any] = []
+    ema = EMA(cfg.ema.decay) if cfg.ema.enabled else None
+    if ema is not None:
+        callbacks.append(ema)
+    early = None
+    if cfg.early_stopping.patience is not None and len(run.val_frames):
+        # checked at each validation's end, before RunCheckpoints saves last.ckpt (so the counter is in it)
+        early = EarlyStopping("val/mIoU", mode="max", patience=cfg.early_stopping.patience,
+                              min_delta=cfg.early_stopping.min_delta, check_finite=False,
+                              check_on_train_epoch_end=False)
+        callbacks.append(early)
+    ckpts = RunCheckpoints(run_dir, {**run.meta, "config": cfg.to_dict()}, ema, tr.checkpoint_every_steps,
+                           cfg.early_stopping.min_delta)
+    ckpts.history = read_history(run_dir) if resume_ckpt is not None else []
+    callbacks.append(ckpts)
+    callbacks.append(EpochSummary(ckpts, enabled=progress))
+    callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if progress:
+        callbacks.append(TrainProgressBar(leave=True))
+    tb_kw: dict[str, Any] = {"purge_step": resume_step} if resume_step is not None else {}
+    loggers = [RunCSVLogger(run_dir, flush_logs_every_n_steps=tr.log_every),
+               TensorBoardLogger(str(run_dir), name="tb", version="", default_hp_metric=False, **tb_kw)]
+    acc = accelerator or tr.accelerator
+    ndev = devices if devices is not None else tr.devices
+    strategy = tr.strategy
+    if strategy == "auto" and (isinstance(ndev, int) and ndev > 1 or (num_nodes or tr.num_nodes) > 1):
+        strategy = "ddp_find_unused_parameters_true" if cfg.task == "image" else "ddp"
+    val_kw: dict[str, Any] = {}
+    if tr.val_every_steps:  # Lightning counts batches: N optimiser steps are N x accumulate batches
+        val_kw = {"val_check_interval": tr.val_every_steps * tr.accumulate, "check_val_every_n_epoch": None}
+    else:
+        val_kw = {"check_val_every_n_epoch": tr.val_every}
+    io = AtomicCheckpointIO()
+    if resume_ckpt is not None:
+        io.preload(ckpts.resume_path, resume_ckpt)
+    trainer = L.Trainer(
+        accelerator=acc, devices=ndev, num_nodes=num_nodes or tr.num_nodes, strategy=strategy,
+        precision=_precision(cfg),  # type: ignore[arg-type]
+        max_epochs=tr.max_epochs if tr.max_steps is None else -1,
+        max_steps=tr.max_steps if tr.max_steps is not None else -1,
+        accumulate_grad_batches=tr.accumulate, gradient_clip_val=tr.grad_clip,
+        log_every_n_steps=tr.log_every, callbacks=callbacks, logger=loggers,
+        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+        num_sanity_val_steps=0, deterministic=tr.deterministic, use_distributed_sampler=False,
+        plugins=[io], default_root_dir=str(run_dir),
+        max_time={"seconds": tr.max_time_s} if tr.max_time_s else None,  # type: ignore[arg-type]
+        limit_val_batches=1.0 if len(run.val_frames) else 0,
+        # repeat-factor epochs differ in length: rebuild the loader (and Lightning's batch count) each epoch
+        reload_dataloaders_every_n_epochs=1 if cfg.data.repeat_factor is not None and cfg.task == "image" else 0,
+        **val_kw)
+    if resume_ckpt is not None and trainer.is_global_zero:
+        where, notes = _resume_notes(cfg, resume_ckpt, trainer.world_size)
+        line = f"resuming {cfg.name} from {ckpts.resume_path} at {where}: " + (
+            "continuing exactly like the uninterrupted run" if not notes
+            else "not exactly like the uninterrupted run, because " + "; ".join(notes))
+        if notes:
+            log.warning("%s", line)
+        elif progress:
+            print(line, flush=True)
+        else:
+            log.info("%s", line)
+    return trainer, early, ckpts
 
 
 class _DataModule:
     """Builds the DataLoaders once the process knows its DDP rank (Lightning calls these hooks)."""
 
-    def __new__(cls, run: _Run, cfg: TrainConfig) -> Any:
+    def __new__(cls, run: _Run, cfg: TrainConfig, resume_position: dict[str, Any] | None = None) -> Any:
         import lightning as L
 
         class DM(L.LightningDataModule):
+            pending = resume_position
+
             def train_dataloader(self) -> torch.utils.data.DataLoader:
+                from terraseg.training.sampling import RepeatFactorSampler
+
                 trainer = self.trainer
                 world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-                from terraseg.training.sampling import RepeatFactorSampler, class_presence, repeat_factors
-
-                n = len(run.train_set)
-                if cfg.data.repeat_factor is not None and cfg.task == "image":
-                    presence = class_presence(run.train_frames, run.num_classes,
-                                              ignore_ids=tuple(run.ontology.ignore_ids), progress=False)
-                    factors = repeat_factors(presence, cfg.data.repeat_factor)
+                factors = run.repeat_factors()
+                sampler = _EpochSampler(RepeatFactorSampler(factors, seed=cfg.seed, shuffle=True, num_replicas=world,
+                                                            rank=rank), run.train_set)
+                # The epoch about to run, set now: a loader's first iterator may be made (and, with
+                # workers, start loading) before Lightning calls set_epoch. Lightning builds the first
+                # loader before it restores a checkpoint's loops (it counts the batches for the
+                # schedule), so a resumed run's position is applied here, to every loader built until
+                # its epoch has started.
+                epoch = trainer.current_epoch if trainer is not None else 0
+                if self.pending is not None and int(self.pending["epoch"]) >= epoch:
+                    sampler.start_at(*_start(self.pending, cfg.data.batch_size))
                 else:
-                    factors = np.ones(n)
-                sampler = RepeatFactorSampler(factors, seed=cfg.seed, shuffle=True, num_replicas=world, rank=rank)
+                    self.pending = None
+                    sampler.set_epoch(epoch)
                 collate = collate_images if cfg.task == "image" else collate_scans
-                return torch.utils.data.DataLoader(
-                    run.train_set, batch_size=cfg.data.batch_size, sampler=_EpochSampler(sampler, run.train_set),
+                loader = _TrainLoader(
+                    run.train_set, batch_size=cfg.data.batch_size, sampler=sampler,
                     num_workers=cfg.data.num_workers, collate_fn=collate,
                     drop_last=len(factors) > cfg.data.batch_size,  # no 1-sample batches (BatchNorm)
                     persistent_workers=False, pin_memory=torch.cuda.is_available())
+                loader.trainer, loader.world_size = trainer, world
+                return loader
 
             def val_dataloader(self) -> torch.utils.data.DataLoader:
                 trainer = self.trainer
                 world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
                 collate = collate_images if cfg.task == "image" else collate_scans
                 bs = cfg.data.val_batch_size
+                # with several processes every one gets the same number of samples (at least one: fewer
+                # frames than processes is fine); the padding samples count nowhere
+                dataset = IgnoredPadding(run.val_set) if world > 1 else run.val_set
                 return torch.utils.data.DataLoader(
-                    run.val_set, batch_size=bs, sampler=ShardSampler(len(run.val_set), world, rank),
+                    dataset, batch_size=bs, sampler=ShardSampler(len(run.val_set), world, rank, pad=world > 1),
                     num_workers=cfg.data.num_workers, collate_fn=collate, persistent_workers=False)
 
         return DM()
-

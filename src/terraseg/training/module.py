@@ -181,13 +181,17 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
-        """Re-seed the global generators (dropout, DropPath) from (seed, epoch, rank): each epoch's random
-        draws then do not depend on what ran before it, so a run resumed at an epoch boundary
+        self._t_batch = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Re-seed the global generators (dropout, DropPath, anything drawing from torch / numpy /
+        random) from (seed, epoch, batch, rank): each batch's random draws then do not depend on what
+        ran before it (validations, data-loader start-up), so a run resumed at any saved step
         continues exactly like the uninterrupted run."""
         import random
 
-        self._t_batch = None
-        s = int(np.random.SeedSequence([self.config.seed, self.current_epoch, self.global_rank]).generate_state(1)[0])
+        s = int(np.random.SeedSequence([self.config.seed, self.current_epoch, batch_idx,
+                                        self.global_rank]).generate_state(1)[0])
         torch.manual_seed(s)
         np.random.seed(s)
         random.seed(s)
