@@ -7,8 +7,9 @@
 - output ``logits``: (1, num_classes, H, W) float32 (no softmax);
 - metadata property ``terraseg`` (JSON): ``arch``, the full SalsaNext ``config`` (number of
   classes, input channels, normalisation name, means and stds of the five raw channels, preset,
-  ...), ``input`` / ``output`` names and shape, ``projection`` (when given at export) and the
-  model's ``ontology`` (when it has one).
+  ...), ``input`` / ``output`` names and shape, ``projection`` (when given at export), the
+  model's ``ontology`` (when it has one) and ``preprocess.intensity`` (the intensity scale and
+  training statistics of :mod:`terraseg.models.points.intensity`, when known).
 
 The export is checked before anything is written: ONNX Runtime and PyTorch run the same input
 and the fraction of pixels with the same argmax (``agreement``) must reach ``min_agreement``;
@@ -44,7 +45,15 @@ from terraseg.errors import ConfigError, DataError
 from terraseg.geometry.range_image import RangeProjection
 from terraseg.inference.onnx_fuse import make_session
 from terraseg.io.atomic import atomic_write_bytes
-from terraseg.models.points.predict import OrganizedLayout, Projection, RangePredictor, ScanPrediction, _EvalMode
+from terraseg.models.points.intensity import IntensitySpec
+from terraseg.models.points.predict import (
+    OrganizedLayout,
+    Projection,
+    RangePredictor,
+    ScanPrediction,
+    _EvalMode,
+    resolve_projection,
+)
 from terraseg.models.points.range_post import KNNPost
 from terraseg.models.points.salsanext import SalsaNext, SalsaNextConfig
 from terraseg.ontology import Ontology
@@ -161,7 +170,7 @@ def _run_session(session: Any, x: np.ndarray) -> np.ndarray:
 def export_range_onnx(model: SalsaNext, path: str | os.PathLike[str], size: tuple[int, int], *,
                       opset: int = DEFAULT_OPSET, check: bool = True, min_agreement: float = 0.999,
                       projection: Projection | None = None, sample: np.ndarray | None = None,
-                      seed: int = 0) -> RangeExportReport:
+                      seed: int = 0, intensity: IntensitySpec | None = None) -> RangeExportReport:
     """Export a range network to ONNX, check it with ONNX Runtime, and write it atomically.
 
     Args:
@@ -177,6 +186,9 @@ def export_range_onnx(model: SalsaNext, path: str | os.PathLike[str], size: tupl
         sample: optional (C, H, W) or (1, C, H, W) normalised input used for tracing and the
             check (for example ``range_input`` of a real scan); default: a seeded synthetic one.
         seed: seed of the synthetic sample.
+        intensity: the model's intensity scale and training statistics, recorded so the ONNX
+            Runtime predictor scales and checks scans as the PyTorch one does (default:
+            ``model.intensity`` when it has one).
 
     Returns:
         A :class:`RangeExportReport`.
@@ -197,6 +209,8 @@ def export_range_onnx(model: SalsaNext, path: str | os.PathLike[str], size: tupl
         raise ConfigError(f"{out}: size must be two positive integers (H, W), got {size!r}")
     if not 0 <= min_agreement <= 1:
         raise ConfigError(f"{out}: min_agreement must be in [0, 1], got {min_agreement}")
+    if projection is not None:
+        projection = resolve_projection(projection, str(out))
     if projection is not None and projection_size(projection) != (h, w):
         raise ConfigError(f"{out}: the projection makes {projection_size(projection)} images, the export size is "
                           f"{(h, w)}")
@@ -228,6 +242,9 @@ def export_range_onnx(model: SalsaNext, path: str | os.PathLike[str], size: tupl
     onto = getattr(model, "ontology", None)
     if isinstance(onto, Ontology):
         meta["ontology"] = onto.to_dict()
+    spec = intensity if intensity is not None else getattr(model, "intensity", None)
+    if isinstance(spec, IntensitySpec) and not spec.identity:
+        meta["preprocess"] = {"intensity": spec.to_meta()}
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
     import onnx
@@ -365,7 +382,8 @@ class OrtRangePredictor(RangePredictor):
 
     Args:
         path: a file from :func:`export_range_onnx`.
-        projection: a preset name, :class:`~terraseg.geometry.range_image.RangeProjection` or
+        projection: a preset name, ``organized:HxW``,
+            :class:`~terraseg.geometry.range_image.RangeProjection` or
             :class:`~terraseg.models.points.predict.OrganizedLayout`; default: the one recorded at
             export. Its image size must be the exported size.
         threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice, all cores).
@@ -385,6 +403,7 @@ class OrtRangePredictor(RangePredictor):
         proj = projection if projection is not None else network.projection
         if proj is None:
             raise ConfigError(f"{network.path}: no projection was recorded at export; pass projection=")
+        proj = resolve_projection(proj, str(network.path))
         if projection_size(proj) != network.size:
             raise ConfigError(f"{network.path}: the network was exported for {network.size[0]} x {network.size[1]} "
                               f"range images, the projection makes {projection_size(proj)}")
@@ -401,25 +420,28 @@ class OrtRangePredictor(RangePredictor):
 
 def export_range_checkpoint_onnx(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str],
                                  size: tuple[int, int] | None = None, *, opset: int = DEFAULT_OPSET,
-                                 min_agreement: float = 0.999) -> RangeExportReport:
+                                 min_agreement: float = 0.999, projection: Projection | None = None
+                                 ) -> RangeExportReport:
     """Export the range network of a terraseg checkpoint (see :func:`export_range_onnx`).
 
     ``size`` defaults to the image size of the projection recorded with the run (its preset, or
-    the organised layout); a preset name is stored in the file for :class:`OrtRangePredictor`.
+    the organised layout; ``projection`` overrides it); the projection, the intensity scale and
+    the training intensity statistics are stored in the file for :class:`OrtRangePredictor`.
 
     Raises:
         ConfigError: the checkpoint holds no range network (RandLA-Net needs its neighbour
-            hierarchy from the data pipeline and is not exported).
+            hierarchy from the data pipeline and is not exported), or records no projection.
     """
-    from terraseg.inference.models import load_model
-    from terraseg.inference.scans import resolve_projection
+    from terraseg.inference.models import load_model, recorded_projection
 
     loaded = load_model(checkpoint)
     if not isinstance(loaded.model, SalsaNext):
-        raise ConfigError(f"{checkpoint}: ONNX export supports camera models and range networks; RandLA-Net needs "
-                          "its neighbour hierarchy from the data pipeline (run it with terraseg predict)")
-    proj = resolve_projection(None, loaded.meta)
+        why = ("RandLA-Net needs its neighbour hierarchy from the data pipeline" if loaded.arch == "randlanet" else
+               f"{loaded.arch} is not a range network")
+        raise ConfigError(f"{checkpoint}: ONNX export supports camera models and range networks; {why} (run it with "
+                          "terraseg predict)")
+    proj = resolve_projection(projection if projection is not None else recorded_projection(loaded.meta),
+                              str(checkpoint))
     if size is None:
         size = projection_size(proj)
-    return export_range_onnx(loaded.model, path, size, opset=opset, min_agreement=min_agreement,
-                             projection=proj if isinstance(proj, str) else None)
+    return export_range_onnx(loaded.model, path, size, opset=opset, min_agreement=min_agreement, projection=proj)
