@@ -65,43 +65,47 @@ def scan_predictor(loaded: LoadedModel, *, projection: str | None = None, regula
                          intensity_max=intensity_max, probabilities=probabilities, num_points=num_points, seed=seed)
 
 
-def iter_scans(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """``(stem, points (N, 4) float32)`` of a scan file (``.bin`` or ``.ply``) or of every scan
-    under a folder (recursive, sorted; stems keep the relative sub-path). A folder holding both
-    kinds is an error when one stem has both (they would write the same outputs)."""
-    from terraseg.io.scans import read_scan
+def list_scans(path: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """``(stem, file)`` of a scan file (``.bin`` or ``.ply``) or of every scan under a folder
+    (recursive, sorted; stems keep the relative sub-path), without reading them.
 
+    Raises:
+        DataError: a missing path, a file that is not a scan, a folder without scans, or one
+            stem present as both ``.bin`` and ``.ply`` (they would write the same outputs).
+    """
     p = Path(path)
     if p.is_file():
         if p.suffix.lower() not in SCAN_SUFFIXES:
             raise DataError(f"{p}: not a LiDAR scan (expected a SemanticKITTI .bin file or a .ply point cloud)")
-        yield p.stem, read_scan(p)
-        return
+        return [(p.stem, p)]
     if not p.is_dir():
         raise DataError(f"{p}: no such file or folder")
-    files = scan_files(p)
-    for f in files:
-        rel = f.relative_to(p).with_suffix("")
-        yield rel.as_posix(), read_scan(f)
-
-
-def scan_files(folder: Path) -> list[Path]:
-    """The scan files under ``folder`` (recursive, sorted).
-
-    Raises:
-        DataError: none found, or one stem as both ``.bin`` and ``.ply``.
-    """
-    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in SCAN_SUFFIXES
-                   and not f.name.startswith("."))
+    files = sorted(f for f in p.rglob("*") if f.suffix.lower() in SCAN_SUFFIXES and not f.name.startswith(".")
+                   and f.is_file())
     if not files:
-        raise DataError(f"{folder}: no .bin or .ply scans in this folder")
-    seen: dict[Path, Path] = {}
+        raise DataError(f"{p}: no .bin or .ply scans in this folder")
+    out: dict[str, Path] = {}
     for f in files:
-        key = f.with_suffix("")
-        if key in seen:
-            raise DataError(f"{folder}: {seen[key].name} and {f.name} are the same scan stem; keep one of them")
-        seen[key] = f
-    return files
+        stem = f.relative_to(p).with_suffix("").as_posix()
+        if stem in out:
+            raise DataError(f"{p}: {out[stem].name} and {f.name} are the same scan stem; keep one of them")
+        out[stem] = f
+    return list(out.items())
+
+
+def read_scan(path: str | os.PathLike[str]) -> np.ndarray:
+    """One scan file as (N, 4) float32 x, y, z, intensity (:func:`terraseg.io.scans.read_scan`:
+    ``.bin`` or ``.ply``)."""
+    from terraseg.io.scans import read_scan as _read
+
+    return _read(path)
+
+
+def iter_scans(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """``(stem, points (N, 4) float32)`` of a scan file or of every scan under a folder (see
+    :func:`list_scans`)."""
+    for stem, f in list_scans(path):
+        yield stem, read_scan(f)
 
 
 def write_scan_prediction(out_dir: str | os.PathLike[str], stem: str, points: np.ndarray, labels: np.ndarray,
