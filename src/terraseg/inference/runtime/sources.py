@@ -353,7 +353,7 @@ class BagSource(Source):
         return None
 
     def _decode(self, topic: str, msgtype: str, index: int, record_ns: int, raw: bytes) -> Any:
-        from terraseg.extract import stem_of
+        from terraseg.datasets.generic_writer import stamp_stem as stem_of
         from terraseg.io.bags.decode import CAMERA_INFO, POINTCLOUD2, decode_camera_info, decode_pointcloud2, stamp_ns
 
         where = self.bag.where(topic, index)
