@@ -351,6 +351,14 @@ def test_training_records_intensity_scale_and_statistics_for_the_predictor(tmp_p
         assert not caplog.records
         pred.predict_scan(sensor_scan(seed=5, intensity=1.0), source="unit.bin")  # already 0-1: far too dark
     assert [r.getMessage()[:37] for r in caplog.records] == ["unit.bin: intensities reach only 0.00"]
+    # terraseg eval loads the same way: LiDAR TTA applies (and garbage is refused)
+    ev = tmp_path / "ev"
+    r = runner.invoke(app, ["eval", str(res.best_checkpoint), "--split", "val", "--out", str(ev),
+                            "--tta", "rotations=2 flip=y", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "tta angles=0,180 flip=y" in " ".join(r.output.split()) and (ev / "metrics.json").is_file()
+    r = runner.invoke(app, ["eval", str(res.best_checkpoint), "--split", "val", "--out", str(ev), "--tta", "x=1"])
+    assert r.exit_code == 1 and "LiDAR TTA spec 'x=1': unknown keys ['x']" in r.output
     with pytest.raises(ConfigError, match="data.intensity_max must be a positive number"):
         cfg.with_overrides(["data.intensity_max=-1"])
     with pytest.raises(ConfigError, match="data.intensity_max applies to the points task only"):

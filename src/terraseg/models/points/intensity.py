@@ -37,7 +37,7 @@ MISMATCH_FACTOR = 4.0
 training data's gets a warning."""
 MIN_POINTS = 100
 """Scans with fewer points with a return are not checked (their percentiles say little)."""
-_SAMPLE = 20_000  # points per scan used for the percentiles (a strided subset; ~1 ms on 120k points)
+_SAMPLE = 8192  # points per scan used for the percentiles (a strided subset)
 _FULL_SCALES = (1.0, 100.0, 255.0, 1000.0, 4095.0, 65535.0)  # common full-scale values of sensor drivers
 
 
@@ -147,18 +147,24 @@ def normalize_intensity(points: np.ndarray, max_value: float | None) -> np.ndarr
 
 
 def _valid_intensity(points: np.ndarray) -> np.ndarray:
-    """Intensities (float64) of the points with a return (non-zero, finite xyz), a strided subset
-    of at most about ``_SAMPLE`` values."""
+    """Intensities of the points with a return (non-zero, finite xyz), from a strided subset of
+    at most about ``_SAMPLE`` points (well under a millisecond on a 131k-point scan)."""
     arr = np.asarray(points)
     if arr.ndim != 2 or arr.shape[1] <= INTENSITY_COLUMN or len(arr) == 0:
-        return np.zeros(0)
-    step = max(1, len(arr) // _SAMPLE)
-    sub = arr[::step]
-    xyz = sub[:, :3].astype(np.float64)
+        return np.zeros(0, dtype=np.float32)
+    sub = arr[::max(1, len(arr) // _SAMPLE)]
+    xyz = sub[:, :3]
     with np.errstate(invalid="ignore", over="ignore"):
-        ok = np.isfinite(xyz).all(axis=1) & (np.einsum("ij,ij->i", xyz, xyz) > 1e-6)
-    vals = sub[ok, INTENSITY_COLUMN].astype(np.float64)
+        r2 = np.einsum("ij,ij->i", xyz, xyz)
+        ok = np.isfinite(r2) & (r2 > 1e-6)
+    vals = sub[ok, INTENSITY_COLUMN]
     return vals[np.isfinite(vals)]
+
+
+def _q99(vals: np.ndarray) -> float:
+    """The 99th percentile (nearest rank, one partial sort)."""
+    k = min(len(vals) - 1, int(round(0.99 * (len(vals) - 1))))
+    return float(np.partition(vals, k)[k])
 
 
 def intensity_stats(scans: Iterable[np.ndarray], max_value: float | None = None) -> IntensityStats | None:
@@ -173,7 +179,7 @@ def intensity_stats(scans: Iterable[np.ndarray], max_value: float | None = None)
             count += 1
     if not parts:
         return None
-    v = np.concatenate(parts)
+    v = np.concatenate(parts).astype(np.float64)
     lo, hi = np.percentile(v, [1.0, 99.0])
     return IntensityStats(float(lo), float(hi), float(v.max()), float(v.mean()), count, "training")
 
@@ -210,7 +216,7 @@ def intensity_mismatch(points: np.ndarray, stats: IntensityStats | None, *, scal
     vals = _valid_intensity(points)
     if vals.size < MIN_POINTS:
         return None
-    q = float(np.percentile(vals, 99.0))
+    q = _q99(vals)
     ref = stats.high
     scale = "" if scaled_by is None else f" after dividing by {scaled_by:g}"
     if q > MISMATCH_FACTOR * ref:
