@@ -46,6 +46,16 @@ def sensor_scan(n: int = 3000, seed: int = 0, intensity: float = 0.6) -> np.ndar
     return np.concatenate([xyz, rng.uniform(0, intensity, (n, 1))], axis=1).astype(np.float32)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():  # type: ignore[no-untyped-def]
+    """The tiny networks here run faster on one thread, and far faster on a shared machine (two
+    threads on busy cores wait on each other); restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from terraseg.inference import export_range_checkpoint_onnx
