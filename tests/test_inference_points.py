@@ -376,7 +376,7 @@ def test_scan_predictor_keeps_one_range_predictor_and_labels_only_on_request(tmp
                            meta={"preprocess": {"projection": "organized:8x256"}})
     scans = [_organised_scan(8, 256, s) for s in (1, 2)]
     predict = scan_predictor(load_model(ckpt))
-    assert isinstance(predict, RangePredictor) and predict.probabilities
+    assert isinstance(predict.base, RangePredictor) and predict.probabilities  # inside the ScanPipeline
     first = predict(scans[0])
     # the layout (column-major, bottom beam first) was decided once, on the first scan
     assert predict._layouts == {OrganizedLayout(8, 256): ("column-major", True)}

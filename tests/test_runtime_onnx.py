@@ -17,7 +17,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 import terraseg.cli.run  # noqa: E402,F401  (registers the command before the CLI does)
 from terraseg.cli.app import app  # noqa: E402
-from terraseg.errors import DataError  # noqa: E402
+from terraseg.errors import ConfigError, DataError  # noqa: E402
 from terraseg.inference.runtime import ImageSequenceSource, ScanFolderSource, load_backend, model_kind  # noqa: E402
 from terraseg.io.bags import decode_image, open_bag  # noqa: E402
 from terraseg.io.scans import read_bin, read_label, write_bin  # noqa: E402
@@ -103,9 +103,9 @@ def test_onnx_backends_match_the_onnx_predictors(models: dict[str, Path]) -> Non
             np.testing.assert_array_equal(p.labels, ref.labels)
             np.testing.assert_allclose(p.scores, ref.probabilities.max(1), rtol=1e-6)
             assert p.labels.dtype == np.uint8 and set(p.timings_ms) == {"preprocess", "infer", "postprocess"}
-    with pytest.raises(DataError, match="a LiDAR range-image model"):
+    with pytest.raises(ConfigError, match="a LiDAR model \\(salsanext\\) given as the camera model"):
         load_backend(models["salsa"], "camera")
-    with pytest.raises(DataError, match="no 'terraseg' metadata"):
+    with pytest.raises(ConfigError, match="a camera model \\(litefpn\\) given as the LiDAR model"):
         load_backend(models["img"], "lidar")
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from terraseg.datasets import GenericDataset
 from terraseg.datasets.inspect import inspect_dataset
 from terraseg.errors import ConfigError
-from terraseg.io import read_label_png, write_label_png
+from terraseg.io import read_label_png, write_label, write_label_png
 from terraseg.metrics import evaluate_mask_folders, markdown_summary, write_reports
 from terraseg.ontology import LabelMap
 from terraseg.progress import ProgressBar
@@ -59,7 +59,7 @@ def train_and_evaluate(recipe: Path, data_root: Path, out: Path, seconds: float,
     """Train a demo recipe within ``seconds`` and evaluate its best checkpoint on the test drive;
     the test predictions are written to ``out/predictions/<run name>/`` (id PNGs or ``.label``)."""
     from terraseg.datasets import open_dataset
-    from terraseg.inference import evaluate_frames, load_model
+    from terraseg.inference import evaluate_frames, load_predictor
     from terraseg.metrics import default_preset
     from terraseg.training import load_config, train
 
@@ -70,37 +70,26 @@ def train_and_evaluate(recipe: Path, data_root: Path, out: Path, seconds: float,
     res = train(cfg, overwrite=True, progress=progress)
     if res.best_checkpoint is None:
         raise RuntimeError(f"{cfg.name}: no validation ran within {seconds} s; raise --train-seconds")
-    loaded = load_model(res.best_checkpoint)
+    pred = load_predictor(res.best_checkpoint, device="cpu")
     test = open_dataset(data_root, kind=cfg.data.kind, split="test", **cfg.data.options)
     preset = default_preset("sim")
     pred_dir = out / "predictions" / cfg.name
-    if cfg.task == "image":
-        from terraseg.inference import ImagePredictor
 
-        pred = ImagePredictor.from_checkpoint(res.best_checkpoint, device="cpu")
+    def predict_and_write(f: Any) -> np.ndarray:
+        labels = pred.predict_frame(f)
+        name = Path(f.frame_id).name
+        if pred.kind == "camera":
+            write_label_png(pred_dir / f"{name}.png", labels)
+        else:
+            write_label(pred_dir / f"{name}.label", labels)
+        return labels
 
-        def predict_image(f: Any) -> np.ndarray:
-            ids = pred.predict(f.image)
-            write_label_png(pred_dir / f"{Path(f.frame_id).name}.png", ids)
-            return ids
-
-        ev = evaluate_frames(test, predict_image, preset, "image", progress=progress)
-    else:
-        from terraseg.inference.scans import scan_predictor
-        from terraseg.io import write_label
-
-        predict = scan_predictor(loaded)
-
-        def predict_scan(f: Any) -> np.ndarray:
-            labels = predict(f.points).labels
-            write_label(pred_dir / f"{Path(f.frame_id).name}.label", labels)
-            return labels
-
-        ev = evaluate_frames(test, predict_scan, preset, "points", progress=progress)
+    ev = evaluate_frames(test, predict_and_write, preset, "image" if pred.kind == "camera" else "points",
+                         progress=progress)
     reports = out / "reports" / cfg.name
     write_reports(ev.result, reports, ev.matrix, title=f"{cfg.name} on the test drive", model_name=cfg.name)
     return {"train": res, "test": ev, "reports": reports, "predictions": pred_dir,
-            "predictor": pred if cfg.task == "image" else None}
+            "predictor": pred.image if pred.kind == "camera" else None}
 
 
 def _write_baseline(lut: np.ndarray, frames: GenericDataset, pred_dir: Path) -> None:

@@ -1,7 +1,11 @@
 """Extract a ROS 1 / ROS 2 bag into terraseg's generic dataset layout.
 
 :func:`extract_bag` keeps the stamps that have every requested stream (image, mask, points),
-writes one file per stream and frame, and describes the run in an :class:`ExtractSummary`::
+writes one file per stream and frame, and describes the run in an :class:`ExtractSummary`.
+The layout's files (paths, id-mask PNGs, point files, timestamps, split lists, calibration,
+ontology) come from :mod:`terraseg.datasets.generic_writer`, the one writer of the layout;
+extraction adds only what bags need (compressed images copied byte for byte, decoding on
+worker threads, resuming)::
 
     OUT/images/<stem>.png|.jpg         RGB images (compressed JPEG/PNG messages copied byte for byte)
     OUT/masks/<stem>.png               id masks (8-bit, or 16-bit when ids exceed 255)
@@ -28,7 +32,6 @@ import json
 import math
 import os
 import time
-import zipfile
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,12 +40,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 
 from terraseg.datasets.base import SPLITS
+from terraseg.datasets.generic_writer import (
+    COMPLETE_SUFFIXES,
+    encode_id_mask,
+    encode_point_files,
+    layout_path,
+    npz_bytes,
+    stamp_seconds_text,
+    stamp_stem,
+    timestamps_text,
+    write_dataset_calib,
+    write_dataset_ontology,
+    write_if_changed,
+    write_split_lists,
+)
 from terraseg.errors import ConfigError, DataError
 from terraseg.frame import Calibration
-from terraseg.io.atomic import atomic_write_bytes, remove_stale_temporaries
+from terraseg.io.atomic import remove_stale_temporaries
 from terraseg.io.bags.decode import (
     CAMERA_INFO,
     COMPRESSED_IMAGE,
@@ -56,9 +72,8 @@ from terraseg.io.bags.decode import (
 )
 from terraseg.io.bags.reader import Bag, open_bag
 from terraseg.io.bags.sync import KEPT, REASONS, synchronize
-from terraseg.io.calib import calibration_to_dict, read_calib_yaml, write_calib_yaml
+from terraseg.io.calib import calibration_to_dict
 from terraseg.io.png import encode_png
-from terraseg.io.scans import write_bin
 from terraseg.ontology import Ontology, decode_colors, get_ontology
 from terraseg.progress import ProgressBar
 
@@ -83,7 +98,7 @@ DROP_REASONS: dict[str, str] = {
 }
 """Why :func:`extract_bag` leaves a message out (keys of :attr:`TopicSummary.dropped`)."""
 
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+__all__ = ["DROP_REASONS", "ExtractSummary", "SkippedMessage", "TopicSummary", "extract_bag", "npz_bytes", "stem_of"]
 
 
 # ---------------------------------------------------------------------------- summary
@@ -185,38 +200,8 @@ class _BadMessage(Exception):
         self.topic, self.index, self.error = topic, index, error
 
 
-def stem_of(stamp_ns: int) -> str:
-    """File stem of a frame stamp: ``<sec>_<nanosec>`` zero padded to 10 and 9 digits."""
-    sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
-    return f"{sec:010d}_{nsec:09d}"
-
-
-def _seconds_text(stamp_ns: int) -> str:
-    sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
-    return f"{sec}.{nsec:09d}"
-
-
-def _write_if_changed(path: Path, data: bytes) -> bool:
-    """Write ``data`` atomically unless ``path`` already holds exactly these bytes."""
-    try:
-        if path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    atomic_write_bytes(path, data)
-    return True
-
-
-def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """An uncompressed ``.npz`` (readable by ``np.load``) with fixed zip timestamps, so the
-    same arrays always give the same bytes (``np.savez`` stamps the current time)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, arr in arrays.items():
-            one = io.BytesIO()
-            np.lib.format.write_array(one, np.ascontiguousarray(arr), allow_pickle=False)
-            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), one.getvalue())
-    return buf.getvalue()
+stem_of = stamp_stem
+"""File stem of a frame stamp (:func:`terraseg.datasets.generic_writer.stamp_stem`)."""
 
 
 def _listing(folder: Path) -> set[str]:
@@ -286,7 +271,7 @@ class _Job:
     raws: dict[str, tuple[str, str, int, bytes]]
 
 
-_Output = tuple[str, str, Any]  # (sub-folder, file suffix, bytes or an (N, 4) float32 array for .bin)
+_Output = tuple[str, str, bytes]  # (layout folder, file suffix, file contents)
 
 
 def _passthrough_suffix(data: bytes) -> str | None:
@@ -358,16 +343,12 @@ class _FrameWriter:
             self.onto.check_ids(ids, source=where)
         if ids.dtype != np.uint8:
             ids = ids.astype(np.uint8) if (ids.size == 0 or int(ids.max()) <= 255) else ids.astype(np.uint16)
-        return [("masks", ".png", encode_png(ids, self.png_level))], ids.shape[:2]
+        return [("masks", ".png", encode_id_mask(ids, self.png_level))], ids.shape[:2]
 
     def _points(self, msg: Any, msgtype: str, where: str) -> tuple[list[_Output], tuple[int, ...]]:
         cloud = decode_pointcloud2(msg, where, drop_invalid=self.drop_invalid)
-        files: list[_Output] = []
-        extra = cloud.extra_fields()
-        if extra:
-            files.append(("points", ".fields.npz", npz_bytes(extra)))
-        files.append(("points", ".bin", cloud.xyzi()))  # the .bin last: it marks the frame's points complete
-        return files, ()
+        # the generic layout's point files, the .bin last: it marks the frame's points complete
+        return [("points", suffix, data) for suffix, data in encode_point_files(cloud.xyzi(), cloud.extra_fields())], ()
 
     def __call__(self, job: _Job) -> None:
         outputs: list[_Output] = []
@@ -392,11 +373,7 @@ class _FrameWriter:
             sizes[role] = size
             outputs.extend(files)
         for folder, suffix, data in outputs:
-            path = self.out / folder / f"{job.stem}{suffix}"
-            if isinstance(data, np.ndarray):
-                write_bin(path, data)
-            else:
-                _write_if_changed(path, data)  # e.g. the .fields.npz of a frame whose .bin was lost
+            write_if_changed(layout_path(self.out, folder, job.stem, suffix), data)  # e.g. a .fields.npz kept
 
 
 def _run_frames(b: Bag, writer: _FrameWriter, frame_streams: list[_Stream], need: dict[str, dict[int, int]],
@@ -593,7 +570,7 @@ def extract_bag(bag: str | os.PathLike[str], out_dir: str | os.PathLike[str], im
             max_dt_ms=float(np.abs(plan.dts).max()) / 1e6 if plan.dts.size else None,
             calibration=calib_info, written=len(todo) - len(failed), existing=len(plan.stems) + len(failed) - len(todo),
         )
-        _write_if_changed(out / "extract_summary.json", summary.to_json().encode())
+        write_if_changed(out / "extract_summary.json", summary.to_json().encode())
         summary.seconds = time.perf_counter() - t_start
         return summary
 
@@ -678,12 +655,10 @@ def _missing_files(out: Path, stems: list[str], frames: np.ndarray, frame_stream
     listings = {role: _listing(out / folder) for role, folder in
                 (("image", "images"), ("mask", "masks"), ("points", "points"))}
 
+    folders = {"image": "images", "mask": "masks", "points": "points"}
+
     def done(role: str, stem: str) -> bool:
-        if overwrite:
-            return False
-        if role == "image":
-            return any(stem + e in listings["image"] for e in _IMAGE_EXTS)
-        return stem + (".png" if role == "mask" else ".bin") in listings[role]
+        return not overwrite and any(stem + e in listings[role] for e in COMPLETE_SUFFIXES[folders[role]])
 
     need: dict[str, dict[int, int]] = {s.topic: {} for s in frame_streams}
     missing_roles: list[list[int]] = []
@@ -750,30 +725,22 @@ def _write_metadata(out: Path, stems: list[str], stamps: np.ndarray, split_of: n
     out.mkdir(parents=True, exist_ok=True)
     with_split = split_kind != "none"
     if has_frames:
-        lines = ["stem,timestamp_s" + (",split" if with_split else "")]
-        for stem, st, sp in zip(stems, stamps.tolist(), split_of.tolist()):
-            lines.append(f"{stem},{_seconds_text(st)}" + (f",{sp}" if with_split else ""))
-        _write_if_changed(out / "timestamps.csv", ("\n".join(lines) + "\n").encode())
+        rows = ((stem, stamp_seconds_text(st), sp if with_split else None)
+                for stem, st, sp in zip(stems, stamps.tolist(), split_of.tolist()))
+        write_if_changed(out / "timestamps.csv", timestamps_text(rows).encode())
     counts: dict[str, int] = {}
     if with_split:
-        for name in split_spec:
-            members = [s for s, sp in zip(stems, split_of.tolist()) if sp == name]
-            counts[name] = len(members)
-            _write_if_changed(out / "splits" / f"{name}.txt", "".join(m + "\n" for m in members).encode())
+        members = {name: [s for s, sp in zip(stems, split_of.tolist()) if sp == name] for name in split_spec}
+        counts = {name: len(m) for name, m in members.items()}
+        write_split_lists(out, members)
     if calib is not None:
-        path = out / "calib.yaml"
-        try:
-            same = _same_calib(read_calib_yaml(path), calib)
-        except DataError:
-            same = False
-        if not same:
-            write_calib_yaml(path, calib)
+        write_dataset_calib(out, calib, replace=True)  # the bag's first CameraInfo
     if onto is not None:
-        _write_if_changed(out / "ontology.yaml", yaml.safe_dump(onto.to_dict(), sort_keys=False).encode())
+        write_dataset_ontology(out, onto, replace=True)
     skipped_path = out / "skipped.txt"
     if skipped:
         text = "# topic\tindex\treason\n" + "".join(f"{s.topic}\t{s.index}\t{s.reason}\n" for s in skipped)
-        _write_if_changed(skipped_path, text.encode())
+        write_if_changed(skipped_path, text.encode())
     elif skipped_path.is_file():
         skipped_path.unlink()
     return counts

@@ -9,8 +9,11 @@ import typer
 
 from terraseg.cli.app import app, console, user_errors
 
-_TTA_HELP = 'Test-time augmentation, e.g. "scales=0.75,1,1.25,1.5 flip=true" (softmax-averaged).'
+_TTA_HELP = ('Test-time augmentation, probabilities averaged over the views. Camera: "scales=0.75,1,1.25,1.5 flip=true"; '
+             'LiDAR: "rotations=4 flip=y" (rotations about z, x / y mirrors; range networks on organized:HxW refuse).')
 _WINDOW_HELP = "Image inference: whole (default) or slide (sliding windows of --crop every --stride)."
+_INTENSITY_HELP = ("LiDAR: divide raw intensities by this before the model (e.g. 255 for 8-bit sensors; default: the "
+                   "training recipe's data.intensity_max).")
 
 
 def _checkpoint_and_recipe(model: Path) -> tuple[Path, dict[str, Any]]:
@@ -29,7 +32,7 @@ def _checkpoint_and_recipe(model: Path) -> tuple[Path, dict[str, Any]]:
 
 def _window(mode: str, crop: str | None, stride: str | None) -> Any:
     from terraseg.errors import ConfigError
-    from terraseg.inference.image import WindowConfig
+    from terraseg.models.image.windows import WindowConfig
 
     if mode not in ("whole", "slide"):
         raise ConfigError(f"--window must be whole or slide, got {mode!r}")
@@ -46,7 +49,7 @@ def _window(mode: str, crop: str | None, stride: str | None) -> Any:
 @app.command("eval")
 @user_errors
 def eval_cmd(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (best.pth) or the recipe YAML of a trained run.")],
+    model: Annotated[Path, typer.Argument(help="A checkpoint (best.pth), an exported .onnx model, or the recipe YAML of a trained run.")],
     data: Annotated[Path | None, typer.Option(help="Dataset folder (default: the recipe's data.root).")] = None,
     kind: Annotated[str | None, typer.Option(help="Dataset kind (default: the recipe's, or auto).")] = None,
     split: Annotated[str | None, typer.Option(help="Split to evaluate (default: the recipe's val split, or val).")] = None,
@@ -57,15 +60,16 @@ def eval_cmd(
     stride: Annotated[str | None, typer.Option(help="Sliding-window stride HxW, e.g. 768x1536.")] = None,
     regular: Annotated[bool, typer.Option(help="RandLA-Net: Open3D-ML-compatible regular crops instead of one pass.")] = False,
     projection: Annotated[str | None, typer.Option(help="Range networks: projection preset or organized:HxW (default: the training one).")] = None,
+    intensity_max: Annotated[float | None, typer.Option("--intensity-max", help=_INTENSITY_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder (default: <checkpoint folder>/../eval-<split>).")] = None,
     name: Annotated[str, typer.Option(help="Model name in the report tables.")] = "model",
     data_option: Annotated[list[str] | None, typer.Option(help="Dataset reader option KEY=VALUE (repeatable), e.g. ontology=sim, remap=map.yaml, masks_dir=annotations.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table.")] = False,
 ) -> None:
-    """Evaluate a trained camera or LiDAR model on a dataset split and write reports.
+    """Evaluate a trained camera or LiDAR model (.pth or .onnx) on a dataset split and write reports.
 
-    Camera models: whole-image or sliding-window inference with optional TTA. LiDAR models: every point labelled (one pass; --regular for RandLA-Net crops as in Open3D-ML). Writes report.md, per_class.md/.csv (classes as rows), per_class_columns.md (classes as columns, like published tables), metrics.json, per_frame.csv, confusion.npz/.png.
+    Camera models: whole-image or sliding-window inference with optional TTA. LiDAR models: every point labelled (one pass per TTA view; --regular for RandLA-Net crops as in Open3D-ML), with the projection and intensity scale recorded at training. Writes report.md, per_class.md/.csv (classes as rows), per_class_columns.md (classes as columns, like published tables), metrics.json, per_frame.csv, confusion.npz/.png.
 
     Example: terraseg eval runs/goose-upernet/checkpoints/best.pth --data data/goose --split val --preset goose-challenge --tta "scales=0.75,1,1.25,1.5 flip=true"
     """
@@ -73,21 +77,25 @@ def eval_cmd(
     from terraseg.datasets import open_dataset, parse_reader_options
     from terraseg.errors import ConfigError
     from terraseg.inference.evaluate import evaluate_frames
-    from terraseg.inference.models import load_model
+    from terraseg.inference.predictor import load_predictor
     from terraseg.io.atomic import atomic_write_text
     from terraseg.metrics import default_preset, get_preset, markdown_summary, write_reports
 
     ckpt, recipe = _checkpoint_and_recipe(model)
-    loaded = load_model(ckpt, device=device)
-    recipe = recipe or loaded.recipe  # the training recipe stored in the checkpoint
+    pred = load_predictor(ckpt, device=device, tta=tta, window=_window(window, crop, stride), projection=projection,
+                          regular=regular, intensity_max=intensity_max)
+    recipe = recipe or pred.recipe  # the training recipe stored with the model
     rdata = recipe.get("data", {})
     root = data or (Path(rdata["root"]) if rdata.get("root") else None)
     if root is None:
         raise ConfigError("give --data (the dataset folder) or a recipe whose data.root points to it")
     split_name = split or rdata.get("val_split") or "val"
-    onto = loaded.ontology
-    if onto is None:
-        raise ConfigError(f"{ckpt}: the checkpoint does not say its label ontology")
+    onto = pred.require_ontology()
+    reval = recipe.get("eval") or {}
+    if tta is None and reval.get("tta"):  # the recipe's evaluation settings, unless given here
+        pred.set_tta(reval["tta"])
+    if window == "whole" and reval.get("window"):
+        pred.set_window(reval["window"])
     opts = {**(rdata.get("options") or {}), **parse_reader_options(data_option or [])}
     remap = opts.pop("remap", rdata.get("remap"))  # --data-option remap=MAP overrides the recipe's data.remap
     frames = open_dataset(root, kind=kind or rdata.get("kind") or "auto", split=split_name, remap=remap,
@@ -96,24 +104,12 @@ def eval_cmd(
     if data_onto is not None and not data_onto.same_classes(onto):
         raise ConfigError(f"{root}: the labels are in ontology {data_onto.name!r} but {ckpt} predicts {onto.name!r}; "
                           f"give --data-option remap=MAP (a label map YAML from {data_onto.name!r} to {onto.name!r})")
-    preset_name = preset or (recipe.get("eval") or {}).get("preset")
+    preset_name = preset or reval.get("preset")
     pre = get_preset(preset_name, onto) if preset_name else default_preset(onto)
-    if loaded.task == "image":
-        from terraseg.inference.image import ImagePredictor
-
-        tta_spec = tta if tta is not None else ((recipe.get("eval") or {}).get("tta") or None)
-        win = _window(window, crop, stride)
-        if win is None and (recipe.get("eval") or {}).get("window"):
-            from terraseg.inference.image import WindowConfig
-
-            win = WindowConfig.parse(recipe["eval"]["window"])
-        predictor = ImagePredictor.from_checkpoint(ckpt, device=device, tta=tta_spec or None, window=win)
-        ev = evaluate_frames(frames, lambda f: predictor.predict(f.image), pre, "image", progress=not quiet)
-    else:
-        from terraseg.inference.scans import scan_predictor
-
-        predict = scan_predictor(loaded, projection=projection, regular=regular)
-        ev = evaluate_frames(frames, lambda f: predict(f.points).labels, pre, "points", progress=not quiet)
+    if not quiet:
+        console.print(pred.describe(), highlight=False)
+    ev = evaluate_frames(frames, pred.predict_frame, pre, "image" if pred.kind == "camera" else "points",
+                         progress=not quiet)
     out_dir = out or ckpt.parent.parent / f"eval-{split_name}"
     write_reports(ev.result, out_dir, ev.matrix, title=f"{name} on {root} ({split_name})", model_name=name)
     rows = ["frame,count,aAcc,mIoU"] + [f"{r['frame']},{r.get('pixels', r.get('points'))},{r['aAcc']:.6f},{r['mIoU']:.6f}"
@@ -130,8 +126,8 @@ def eval_cmd(
 @app.command("predict")
 @user_errors
 def predict_cmd(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (best.pth), or an exported .onnx image model.")],
-    inputs: Annotated[Path, typer.Argument(help="An image, a folder of images, a video, a .bin scan or a folder of scans.")],
+    model: Annotated[Path, typer.Argument(help="A checkpoint (best.pth), an exported .onnx model (camera or LiDAR), or the recipe YAML of a trained run.")],
+    inputs: Annotated[Path, typer.Argument(help="An image, a folder of images, a video, a .bin / .ply scan or a folder of scans.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     tta: Annotated[str | None, typer.Option(help=_TTA_HELP)] = None,
     window: Annotated[str, typer.Option(help=_WINDOW_HELP)] = "whole",
@@ -141,52 +137,48 @@ def predict_cmd(
     overlay: Annotated[bool, typer.Option(help="Images: write overlays (image blended with the colour mask).")] = True,
     alpha: Annotated[float, typer.Option(help="Overlay opacity of the colour mask.")] = 0.5,
     regular: Annotated[bool, typer.Option(help="RandLA-Net: Open3D-ML-compatible regular crops.")] = False,
-    projection: Annotated[str | None, typer.Option(help="Range networks: projection preset or organized:HxW.")] = None,
+    projection: Annotated[str | None, typer.Option(help="Range networks: projection preset or organized:HxW (default: the model's).")] = None,
+    intensity_max: Annotated[float | None, typer.Option("--intensity-max", help=_INTENSITY_HELP)] = None,
     ply: Annotated[bool, typer.Option(help="Scans: also write coloured PLY files.")] = True,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Predict labels for images, videos or LiDAR scans and write them to --out.
+    """Predict labels for images, videos or LiDAR scans with any model file and write them to --out.
 
-    Images / videos: OUT/ids/<stem>.png (class ids), OUT/color/<stem>.png, OUT/overlay/<stem>.jpg; --submission goose also writes OUT/submission_goose.zip (see docs/inference.md for the layout). Scans: OUT/labels/<stem>.label (SemanticKITTI layout) and OUT/ply/<stem>.ply.
+    Images / videos: OUT/ids/<stem>.png (class ids), OUT/color/<stem>.png, OUT/overlay/<stem>.jpg; --submission goose also writes OUT/submission_goose.zip (see docs/inference.md for the layout). Scans (.bin or .ply): OUT/labels/<stem>.label (SemanticKITTI layout) and OUT/ply/<stem>.ply. The model's kind (camera or LiDAR), normalisation, projection and intensity scale come from the file.
 
-    Example: terraseg predict runs/sim-litefpn/checkpoints/best.pth demo-output/sim/camera/images/test --out preds/
+    Example: terraseg predict runs/sim-salsanext/checkpoints/best.pth scans/ --out preds/ --tta "rotations=4 flip=y"
     """
     from terraseg.errors import ConfigError
+    from terraseg.inference.predictor import load_predictor
+    from terraseg.io.scans import SCAN_SUFFIXES
     from terraseg.progress import ProgressBar
 
     if submission is not None and submission != "goose":
         raise ConfigError(f"--submission: unknown challenge {submission!r} (known: goose)")
     if inputs.resolve().is_relative_to(out.resolve()) or out.resolve() == inputs.resolve():
         raise ConfigError(f"--out {out} must not contain the inputs {inputs}")
+    if inputs.is_dir() and out.resolve().is_relative_to(inputs.resolve()):
+        raise ConfigError(f"--out {out} must not be inside the input folder {inputs} (its outputs would be read as "
+                          "inputs by the next run)")
     ckpt, _ = _checkpoint_and_recipe(model)
-    if ckpt.suffix.lower() == ".onnx":
-        from terraseg.inference.onnx_export import OrtImagePredictor
-
-        predictor: Any = OrtImagePredictor(ckpt, tta=tta, window=_window(window, crop, stride))
-        task = "image"
-    else:
-        from terraseg.inference.models import load_model
-
-        loaded = load_model(ckpt, device=device)
-        task = loaded.task
-        if task == "image":
-            from terraseg.inference.image import ImagePredictor
-
-            predictor = ImagePredictor.from_checkpoint(ckpt, device=device, tta=tta, window=_window(window, crop, stride))
-    onto = predictor.ontology if task == "image" else loaded.ontology
-    if onto is None:
-        raise ConfigError(f"{ckpt}: the model does not say its label ontology (needed for colours and ids)")
-    if submission == "goose" and onto.name != "goose":
-        raise ConfigError(f"--submission goose needs a model of the goose ontology; {ckpt} predicts {onto.name!r}")
+    pred = load_predictor(ckpt, device=device, tta=tta, window=_window(window, crop, stride), projection=projection,
+                          regular=regular, intensity_max=intensity_max)
+    onto = pred.require_ontology()
+    scan_input = inputs.is_file() and inputs.suffix.lower() in SCAN_SUFFIXES
     n = 0
-    if task == "image":
+    if pred.kind == "camera":
+        if scan_input:
+            raise ConfigError(f"{inputs}: a LiDAR scan, but {ckpt} is a camera model")
+        if submission == "goose" and onto.name != "goose":
+            raise ConfigError(f"--submission goose needs a model of the goose ontology; {ckpt} predicts {onto.name!r}")
         from terraseg.inference.writers import PredictionWriter, count_inputs, iter_inputs
 
+        assert pred.image is not None
         writer = PredictionWriter(out, onto, overlay=overlay, alpha=alpha)
         with ProgressBar(count_inputs(inputs), "predicting", enabled=not quiet) as bar:
             for stem, image in iter_inputs(inputs):
-                writer.write(stem, image, predictor.predict(image))
+                writer.write(stem, image, pred.image.predict(image))
                 n += 1
                 bar.advance()
         console.print(f"predicted {n} image(s) into {out} (ids/, color/{', overlay/' if overlay else ''})",
@@ -199,16 +191,19 @@ def predict_cmd(
         return
     if submission is not None:
         raise ConfigError("--submission applies to camera models")
-    from terraseg.inference.scans import iter_scans, scan_predictor, write_scan_prediction
+    from terraseg.inference.scans import iter_scans, write_scan_prediction
 
-    predict = scan_predictor(loaded, projection=projection, regular=regular)
     with ProgressBar(None, "predicting scans", enabled=not quiet) as bar:
         for stem, pts in iter_scans(inputs):
-            pred = predict(pts)
-            write_scan_prediction(out, stem, pts, pred.labels, onto, ply=ply)
+            labels = pred.predict_scan(pts, source=f"{inputs}/{stem}" if inputs.is_dir() else str(inputs)).labels
+            write_scan_prediction(out, stem, pts, labels, onto, ply=ply)
             n += 1
             bar.advance()
     console.print(f"predicted {n} scan(s) into {out} (labels/{', ply/' if ply else ''})", highlight=False)
+    assert pred.scan is not None
+    if pred.scan.mismatches > 1:
+        console.print(f"warning: {pred.scan.mismatches} of {n} scan(s) had intensities far outside the model's "
+                      "training range (see the first warning above)", highlight=False)
 
 
 @app.command("export")
@@ -219,6 +214,7 @@ def export_cmd(
     size: Annotated[str | None, typer.Option(help="Input size HxW (default: the training base size; range networks: the projection's).")] = None,
     dynamic: Annotated[bool, typer.Option(help="Images: dynamic height and width (where the architecture allows it).")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    projection: Annotated[str | None, typer.Option(help="Range networks: the projection to record (default: the training one; needed for checkpoints that record none).")] = None,
     min_agreement: Annotated[float, typer.Option(help="Required argmax agreement with PyTorch on random input.")] = 0.999,
 ) -> None:
     """Export a trained model to ONNX and check it against PyTorch with ONNX Runtime.
@@ -227,13 +223,17 @@ def export_cmd(
 
     Example: terraseg export runs/sim-litefpn/checkpoints/best.pth --onnx litefpn.onnx --size 480x640
     """
-    from terraseg.inference.image import _parse_size
-    from terraseg.inference.models import load_model
+    from terraseg.errors import ConfigError
+    from terraseg.inference.predictor import model_kind
+    from terraseg.specs import parse_size
 
     ckpt, _ = _checkpoint_and_recipe(model)
-    hw = _parse_size(size, "--size") if size else None
-    loaded = load_model(ckpt)
-    if loaded.task == "image":
+    if ckpt.suffix.lower() == ".onnx":
+        raise ConfigError(f"{ckpt}: already an ONNX model; export takes a checkpoint (.pth) or a recipe")
+    hw = parse_size(size, "--size") if size else None
+    if model_kind(ckpt) == "camera":
+        if projection is not None:
+            raise ConfigError(f"{ckpt}: --projection applies to LiDAR range networks, not to camera models")
         from terraseg.inference.onnx_export import export_checkpoint_onnx
 
         rep = export_checkpoint_onnx(ckpt, onnx, hw, dynamic=dynamic, opset=opset, min_agreement=min_agreement)
@@ -243,6 +243,6 @@ def export_cmd(
         return
     from terraseg.inference.range_onnx import export_range_checkpoint_onnx
 
-    rep = export_range_checkpoint_onnx(ckpt, onnx, hw, opset=opset, min_agreement=min_agreement)
+    rep = export_range_checkpoint_onnx(ckpt, onnx, hw, opset=opset, min_agreement=min_agreement, projection=projection)
     console.print(f"exported {ckpt} to {rep.path} (range image {rep.size[0]}x{rep.size[1]}): argmax agreement "
                   f"{100 * rep.agreement:.3f} %, max |logit diff| {rep.max_abs_diff:.2e}", highlight=False)

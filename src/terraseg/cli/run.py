@@ -10,7 +10,7 @@ import typer
 from terraseg.cli.app import app, console, user_errors
 
 _SOURCE_HELP = ("A ROS 1 .bag / ROS 2 bag folder (or .db3 / .mcap), a dataset folder, a video, an image folder, "
-                "a .bin scan folder, or the simulator driving live: sim or sim:seed=0,domain=forest-day,frames=100,"
+                "a .bin / .ply scan or scan folder, or the simulator driving live: sim or sim:seed=0,domain=forest-day,frames=100,"
                 "camera=vga,lidar=os1-64-1024,rate=10,speed=4.")
 
 
@@ -53,7 +53,7 @@ def _rerun_sink(save: Path | None, serve: bool, spawn: bool, web_port: int | Non
 def run_cmd(
     source: Annotated[str, typer.Option("--source", "-s", help=_SOURCE_HELP)],
     camera_model: Annotated[Path | None, typer.Option("--camera-model", help="Camera model: a checkpoint (.pth) or an exported .onnx.")] = None,
-    lidar_model: Annotated[Path | None, typer.Option("--lidar-model", help="LiDAR model: a checkpoint (.pth) or an exported range-network .onnx.")] = None,
+    lidar_model: Annotated[Path | None, typer.Option("--lidar-model", help="LiDAR model: a checkpoint (.pth, any point network) or an exported range-network .onnx.")] = None,
     camera_topic: Annotated[list[str] | None, typer.Option("--camera-topic", help="Bags: camera topic (repeatable; default: the one colour image topic).")] = None,
     lidar_topic: Annotated[list[str] | None, typer.Option("--lidar-topic", help="Bags: PointCloud2 topic (repeatable; default: the one point-cloud topic).")] = None,
     semantic_topic: Annotated[str | None, typer.Option("--semantic-topic", help="Bags: ground-truth id image topic (default: detected; '' for none).")] = None,
@@ -73,6 +73,9 @@ def run_cmd(
     amp: Annotated[bool, typer.Option(help="PyTorch camera models: mixed precision (float16 on CUDA, bfloat16 on CPU).")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads: ONNX Runtime intra-op threads per model and torch.set_num_threads (default: the libraries' choice).")] = None,
     projection: Annotated[str | None, typer.Option(help="LiDAR range networks: projection preset or organized:HxW (default: the model's).")] = None,
+    intensity_max: Annotated[float | None, typer.Option("--intensity-max", help="LiDAR: divide raw intensities by this (e.g. 255; default: the model's recorded scale).")] = None,
+    camera_tta: Annotated[str | None, typer.Option("--camera-tta", help='Camera test-time augmentation, e.g. "flip=true" (slower: one pass per view).')] = None,
+    lidar_tta: Annotated[str | None, typer.Option("--lidar-tta", help='LiDAR test-time augmentation, e.g. "rotations=2 flip=y" (one pass per view).')] = None,
     out_bag: Annotated[Path | None, typer.Option("--out-bag", help="Write predictions to this ROS 2 bag folder (a .bag name: ROS 1).")] = None,
     bag_inputs: Annotated[bool, typer.Option("--bag-inputs", help="Also copy the input images / clouds into --out-bag.")] = False,
     storage: Annotated[str, typer.Option(help="ROS 2 bag storage: sqlite3 or mcap.")] = "sqlite3",
@@ -112,9 +115,14 @@ def run_cmd(
         torch.set_num_threads(threads)  # process-wide: the application's decision, not the library's
     backends: dict[str, Any] = {}
     if camera_model is not None:
-        backends["camera"] = load_backend(camera_model, "camera", device=device, amp=amp, threads=threads)
+        backends["camera"] = load_backend(camera_model, "camera", device=device, amp=amp, threads=threads, tta=camera_tta)
     if lidar_model is not None:
-        backends["lidar"] = load_backend(lidar_model, "lidar", device=device, threads=threads, projection=projection)
+        backends["lidar"] = load_backend(lidar_model, "lidar", device=device, threads=threads, projection=projection,
+                                         tta=lidar_tta, intensity_max=intensity_max)
+    elif lidar_tta is not None or intensity_max is not None:
+        raise ConfigError("--lidar-tta and --intensity-max apply to the LiDAR model (give --lidar-model)")
+    if camera_model is None and camera_tta is not None:
+        raise ConfigError("--camera-tta applies to the camera model (give --camera-model)")
     src = open_source(source, camera="camera" in backends, lidar="lidar" in backends, realtime=realtime, speed=speed,
                       max_frames=max_frames, camera_topics=camera_topic, lidar_topics=lidar_topic,
                       semantic_topic=semantic_topic, gt_ontology=gt_ontology, kind=kind, split=split,

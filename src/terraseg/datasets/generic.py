@@ -27,7 +27,6 @@ field order, e.g. for clouds without intensity (the ``.bin`` then holds zeros th
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -222,17 +221,6 @@ def read_timestamps(path: str | os.PathLike[str]) -> dict[tuple[str | None, str]
                 raise DataError(f"{where}: stem {cells[0]!r} appears twice")
             out[key] = t
     return out
-
-
-def _timestamps_text(rows: dict[tuple[str | None, str], float]) -> str:
-    has_split = any(s is not None for s, _ in rows)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["stem", "timestamp_s", "split"] if has_split else ["stem", "timestamp_s"])
-    order = {s: i for i, s in enumerate(SPLITS)}
-    for (split, stem), t in sorted(rows.items(), key=lambda kv: (order.get(kv[0][0] or "", -1), kv[0][1])):
-        w.writerow([stem, repr(float(t)), split or ""] if has_split else [stem, repr(float(t))])
-    return buf.getvalue()
 
 
 # ============================================================================ reading helpers

@@ -1,38 +1,190 @@
 """Writing the generic layout: :func:`write_generic_frame` and :class:`GenericWriter`.
 
-The single writer of the layout that :class:`terraseg.datasets.generic.GenericDataset` reads
-(bag extraction, the simulator and dataset copies all go through it).
+The single writer of the layout that :class:`terraseg.datasets.generic.GenericDataset` reads.
+Frames (the simulator, dataset copies) go through :class:`GenericWriter`; bag extraction
+(:mod:`terraseg.extract`), which decodes messages on worker threads and copies compressed images
+byte for byte, builds its files with the same layout functions:
+
+- :func:`layout_path` (where a modality's file of a stem goes), :data:`COMPLETE_SUFFIXES`
+  (which file marks a stem's modality as written) and :func:`stamp_stem` (the stem of a
+  timestamped frame);
+- :func:`encode_id_mask` (id masks: 8-bit PNG, 16-bit when ids exceed 255) and
+  :func:`encode_point_files` (``.bin`` x, y, z, intensity plus ``.fields.npz`` for the other
+  fields, byte-identical for identical input);
+- :func:`timestamps_text`, :func:`write_split_lists`, :func:`write_dataset_ontology`,
+  :func:`write_dataset_calib` for the per-dataset files, and :func:`write_if_changed` so a rerun
+  leaves identical files untouched.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import re
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 import yaml
-from PIL import Image
 
 from terraseg.datasets.base import SPLITS
-from terraseg.datasets.generic import (
-    FIELDS_SUFFIX,
-    MODALITY_DIRS,
-    POINT_FIELDS_KEY,
-    _timestamps_text,
-    read_timestamps,
-)
+from terraseg.datasets.generic import FIELDS_SUFFIX, MODALITY_DIRS, POINT_FIELDS_KEY, read_timestamps
 from terraseg.errors import ConfigError, DataError, TerrasegError
 from terraseg.frame import XYZI, Calibration, Frame
-from terraseg.io.atomic import atomic_write_bytes, atomic_write_text
+from terraseg.io.atomic import atomic_write_bytes
 from terraseg.io.calib import calibration_to_dict, read_calib_yaml, write_calib_yaml
 from terraseg.io.images import IMAGE_SUFFIXES, encode_image
 from terraseg.io.palette import load_palette
+from terraseg.io.png import encode_png
 from terraseg.ontology import Ontology, get_ontology
 
 _STEM_RE = re.compile(r"[^/\\\x00]+")
+
+COMPLETE_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "images": (".png", ".jpg", ".jpeg"), "masks": (".png",), "points": (".bin",), "point_labels": (".label",)}
+"""Per modality folder, the suffixes of the file that marks a stem's modality as written (for
+points the ``.bin``, written after its ``.fields.npz``)."""
+
+
+# ============================================================================ the layout's files
+def layout_path(root: str | os.PathLike[str], modality: str, stem: str, suffix: str, split: str | None = None) -> Path:
+    """``root/<modality>/[<split>/]<stem><suffix>``: where a file of the layout goes."""
+    if modality not in MODALITY_DIRS:
+        raise DataError(f"unknown generic-layout folder {modality!r} (expected {', '.join(MODALITY_DIRS)})")
+    base = Path(root) / modality
+    return (base / split if split else base) / f"{_check_stem(stem)}{suffix}"
+
+
+def stamp_stem(stamp_ns: int) -> str:
+    """File stem of a frame stamp: ``<sec>_<nanosec>`` zero padded to 10 and 9 digits (bag
+    extraction's stems, time-sortable as text)."""
+    sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
+    return f"{sec:010d}_{nsec:09d}"
+
+
+def stamp_seconds_text(stamp_ns: int) -> str:
+    """A stamp in seconds as exact text (``<sec>.<nanosec>``, no float rounding) for ``timestamps.csv``."""
+    sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
+    return f"{sec}.{nsec:09d}"
+
+
+def write_if_changed(path: str | os.PathLike[str], data: bytes) -> bool:
+    """Write ``data`` atomically unless ``path`` already holds exactly these bytes (a rerun then
+    leaves the file and its mtime untouched). Returns whether it wrote."""
+    p = Path(path)
+    try:
+        if p.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    atomic_write_bytes(p, data)
+    return True
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """An uncompressed ``.npz`` (readable by ``np.load``) with fixed zip timestamps, so the
+    same arrays always give the same bytes (``np.savez`` stamps the current time)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            one = io.BytesIO()
+            np.lib.format.write_array(one, np.ascontiguousarray(arr), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), one.getvalue())
+    return buf.getvalue()
+
+
+def encode_id_mask(ids: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of an (H, W) id mask: 8-bit, or 16-bit when the array is uint16 or holds ids
+    above 255 (so dtypes round-trip). ``compress_level`` 0-9 (1: fast, ISA-L when installed)."""
+    a = np.asarray(ids)
+    wide = a.dtype == np.uint16 or (a.size > 0 and int(a.max()) > 255)
+    return encode_png(a.astype(np.uint16) if wide else a.astype(np.uint8), compress_level)
+
+
+def encode_point_files(xyzi: np.ndarray, extra: Mapping[str, np.ndarray] | None = None,
+                       order: Sequence[str] | None = None) -> list[tuple[str, bytes]]:
+    """The files of one point cloud: ``[(".fields.npz", bytes)]`` when there are other fields,
+    then ``(".bin", bytes)`` (written last: it marks the points complete).
+
+    Args:
+        xyzi: (N, 4) x, y, z, intensity (0 for clouds without intensity), stored as float32.
+        extra: every other per-point field, (N,) arrays kept in their own dtype.
+        order: the cloud's original field order, stored as ``__point_fields__`` when it is not
+            ``x, y, z, intensity`` followed by ``extra`` (e.g. a cloud without intensity).
+    """
+    arr = np.asarray(xyzi)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise DataError(f"points must be (N, 4) x, y, z, intensity, got {arr.shape}")
+    files: list[tuple[str, bytes]] = []
+    arrays = {k: np.asarray(v) for k, v in (extra or {}).items()}
+    for k, v in arrays.items():
+        if v.shape[:1] != (len(arr),):
+            raise DataError(f"point field {k!r} has {v.shape[0] if v.ndim else 0} values for {len(arr)} points")
+    if order is not None and list(order) != list(XYZI) + list(arrays):
+        arrays[POINT_FIELDS_KEY] = np.array([str(n) for n in order])
+    if arrays:
+        files.append((FIELDS_SUFFIX, npz_bytes(arrays)))
+    files.append((".bin", np.ascontiguousarray(arr, dtype="<f4").tobytes()))
+    return files
+
+
+def timestamps_text(rows: Iterable[tuple[str, float | str, str | None]]) -> str:
+    """``timestamps.csv`` text of ``(stem, seconds, split)`` rows in the given order: a header,
+    and the split column only when a row has a split. Seconds are a float (written exactly with
+    ``repr``) or already-formatted text (:func:`stamp_seconds_text`)."""
+    rows = list(rows)
+    has_split = any(sp for _, _, sp in rows)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["stem", "timestamp_s", "split"] if has_split else ["stem", "timestamp_s"])
+    for stem, t, split in rows:
+        text = t if isinstance(t, str) else repr(float(t))
+        w.writerow([stem, text, split or ""] if has_split else [stem, text])
+    return buf.getvalue()
+
+
+def write_split_lists(root: str | os.PathLike[str], members: Mapping[str, Sequence[str]]) -> dict[str, Path]:
+    """``root/splits/<split>.txt`` (one stem per line) for flat folders (rewritten only on change)."""
+    out: dict[str, Path] = {}
+    for name, stems in members.items():
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r} (expected {', '.join(SPLITS)})")
+        path = Path(root) / "splits" / f"{name}.txt"
+        write_if_changed(path, "".join(f"{s}\n" for s in stems).encode())
+        out[name] = path
+    return out
+
+
+def write_dataset_ontology(root: str | os.PathLike[str], ontology: Ontology, *, replace: bool = False) -> Path:
+    """``root/ontology.yaml`` (rewritten only on change). An existing file with other classes is
+    an error unless ``replace``."""
+    path = Path(root) / "ontology.yaml"
+    if not replace and path.is_file():
+        old = load_palette(path)
+        if [(c.id, c.name, c.color) for c in old] != [(c.id, c.name, c.color) for c in ontology]:
+            raise DataError(f"{path}: existing ontology {old.name!r} differs from {ontology.name!r}")
+    write_if_changed(path, yaml.safe_dump(ontology.to_dict(), sort_keys=False, allow_unicode=True).encode())
+    return path
+
+
+def write_dataset_calib(root: str | os.PathLike[str], calib: Calibration, *, replace: bool = False) -> Path:
+    """``root/calib.yaml`` (left untouched when it holds the same calibration). An existing file
+    with another calibration is an error unless ``replace``."""
+    path = Path(root) / "calib.yaml"
+    if path.is_file():
+        try:
+            same = _calib_equal(read_calib_yaml(path), calib)
+        except DataError:
+            same = False
+        if same:
+            return path
+        if not replace:
+            raise DataError(f"{path}: existing calibration differs from the frames' calibration")
+    return write_calib_yaml(path, calib)
+
 
 
 def _check_stem(stem: str) -> str:
@@ -50,15 +202,6 @@ def _int_array(arr: np.ndarray, what: str, where: str, ndim: int) -> np.ndarray:
     return a
 
 
-def _png_ids(ids: np.ndarray) -> bytes:
-    """8-bit PNG unless the array is uint16 or holds ids above 255 (then 16-bit), so dtypes round-trip."""
-    wide = ids.dtype == np.uint16 or (ids.size > 0 and int(ids.max()) > 255)
-    arr = ids.astype(np.uint16) if wide else ids.astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _encode_frame(frame: Frame, image_format: str, jpeg_quality: int, where: str) -> dict[str, tuple[str, bytes]]:
     """Validate a frame and encode its files: modality -> (file suffix, bytes). Nothing touches disk."""
     frame.validate()
@@ -70,7 +213,7 @@ def _encode_frame(frame: Frame, image_format: str, jpeg_quality: int, where: str
         out["images"] = (suffix, encode_image(frame.image, suffix, jpeg_quality, where=f"{where} image"))
     if frame.image_labels is not None:
         ids = _int_array(frame.image_labels, "image labels", where, 2)
-        out["masks"] = (".png", _png_ids(ids))
+        out["masks"] = (".png", encode_id_mask(ids))
     if frame.points is not None:
         pts = np.asarray(frame.points)
         names = list(frame.point_fields)
@@ -88,15 +231,9 @@ def _encode_frame(frame: Frame, image_format: str, jpeg_quality: int, where: str
         xyzi[:, :3] = pts[:, :3]
         if "intensity" in names:
             xyzi[:, 3] = pts[:, names.index("intensity")]
-        out["points"] = (".bin", xyzi.tobytes())
-        extra = [n for n in names[3:] if n != "intensity"]
-        if extra or names[:4] != list(XYZI):
-            arrays = {n: np.ascontiguousarray(pts[:, names.index(n)], dtype=np.float32) for n in extra}
-            if names != list(XYZI) + extra:
-                arrays[POINT_FIELDS_KEY] = np.array(names)
-            buf = io.BytesIO()
-            np.savez(buf, **arrays)
-            out["fields"] = (FIELDS_SUFFIX, buf.getvalue())
+        extra = {n: np.ascontiguousarray(pts[:, names.index(n)], dtype=np.float32) for n in names[3:] if n != "intensity"}
+        for suffix, data in encode_point_files(xyzi, extra, names):
+            out["fields" if suffix == FIELDS_SUFFIX else "points"] = (suffix, data)
     if frame.point_labels is not None:
         sem = _int_array(frame.point_labels, "point labels", where, 1).astype("<u4")
         if frame.points is None:
@@ -249,19 +386,13 @@ class GenericWriter:
         self._closed = True
         self.root.mkdir(parents=True, exist_ok=True)
         if self.calib is not None:
-            path = self.root / "calib.yaml"
-            if path.is_file() and not _calib_equal(read_calib_yaml(path), self.calib):
-                raise DataError(f"{path}: existing calibration differs from the frames' calibration")
-            write_calib_yaml(path, self.calib)
+            write_dataset_calib(self.root, self.calib)
         if self.ontology is not None:
-            path = self.root / "ontology.yaml"
-            if path.is_file():
-                old = load_palette(path)
-                if [(c.id, c.name, c.color) for c in old] != [(c.id, c.name, c.color) for c in self.ontology]:
-                    raise DataError(f"{path}: existing ontology {old.name!r} differs from {self.ontology.name!r}")
-            atomic_write_text(path, yaml.safe_dump(self.ontology.to_dict(), sort_keys=False, allow_unicode=True))
+            write_dataset_ontology(self.root, self.ontology)
         if self.timestamps:
             path = self.root / "timestamps.csv"
             rows = read_timestamps(path) if path.is_file() else {}
             rows.update(self.timestamps)
-            atomic_write_text(path, _timestamps_text(rows))
+            order = {s: i for i, s in enumerate(SPLITS)}
+            ordered = sorted(rows.items(), key=lambda kv: (order.get(kv[0][0] or "", -1), kv[0][1]))
+            write_if_changed(path, timestamps_text((stem, t, split) for (split, stem), t in ordered).encode())

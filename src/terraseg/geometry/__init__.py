@@ -40,6 +40,7 @@ from terraseg.geometry.range_image import (
     fit_projection,
     from_organized,
     organized_layout,
+    parse_organized,
     project_scan,
     unproject,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "fit_projection",
     "from_organized",
     "organized_layout",
+    "parse_organized",
     "knn",
     "knn_vote",
     "labels_from_image",

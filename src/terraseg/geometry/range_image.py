@@ -388,6 +388,25 @@ def _row_spread(elev: np.ndarray, rows: np.ndarray, ok: np.ndarray, h: int) -> t
     return spread, np.where(has, mean, np.nan)
 
 
+def parse_organized(projection: str | RangeProjection | None) -> tuple[int, int] | None:
+    """``(H, W)`` of an ``organized:HxW`` projection string (a scan stored in sensor order, see
+    :func:`from_organized`), else None.
+
+    Raises:
+        DataError: an ``organized:`` string without a valid ``HxW``.
+    """
+    if isinstance(projection, str) and projection.startswith("organized:"):
+        try:
+            h, w = projection.split(":", 1)[1].lower().split("x")
+            hw = int(h), int(w)
+        except ValueError:
+            raise DataError(f"projection {projection!r}: expected organized:HxW, e.g. organized:64x2048") from None
+        if hw[0] < 1 or hw[1] < 1:
+            raise DataError(f"projection {projection!r}: height and width must be positive")
+        return hw
+    return None
+
+
 def organized_layout(points: np.ndarray, height: int, width: int, layout: Layout = "auto",
                      flip_rows: bool | None = None, min_range: float = 1e-3, source: str = "points"
                      ) -> tuple[Layout, bool]:

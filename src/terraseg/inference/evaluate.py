@@ -47,9 +47,7 @@ class Evaluation:
 
 
 def _check(labels: np.ndarray, ontology: Ontology, where: str) -> None:
-    from terraseg.training.data import check_ids
-
-    check_ids(labels, ontology, where)
+    ontology.check_ids(labels, source=where)
 
 
 def evaluate_frames(frames: Sequence[Frame], predict: Callable[[Frame], np.ndarray], preset: EvalPreset,

@@ -52,12 +52,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from terraseg.errors import ConfigError, DataError
-from terraseg.inference.image import BaseImagePredictor, TTAConfig, WindowConfig, _parse_size
 from terraseg.inference.onnx_integrity import record_digest
 from terraseg.io.atomic import atomic_path
 from terraseg.models.image.base import ImageSegmenter, unpack_outputs
+from terraseg.models.image.predict import BaseImagePredictor
 from terraseg.models.image.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalization
+from terraseg.models.image.windows import TTAConfig, WindowConfig
 from terraseg.ontology import Ontology, get_ontology
+from terraseg.specs import parse_size
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -300,7 +302,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], size: Sequence[i
         DataError: every exporter failed, or the check found disagreement; nothing is written.
     """
     t0 = time.perf_counter()
-    hw = _parse_size(list(size) if not isinstance(size, int) else size, "export size")
+    hw = parse_size(list(size) if not isinstance(size, int) else size, "export size")
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if not 0.0 <= float(min_agreement) <= 1.0:
@@ -311,7 +313,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], size: Sequence[i
     onto = get_ontology(ontology) if ontology is not None else getattr(model, "ontology", None)
     norm = norm or Normalization.from_meta(dict(meta) if meta else None)
     pre = ((meta or {}).get("preprocess") or {}) if isinstance(meta, Mapping) else {}
-    base_size = _parse_size(list(pre["base_size"]), "meta base_size") if pre.get("base_size") else None
+    base_size = parse_size(list(pre["base_size"]), "meta base_size") if pre.get("base_size") else None
     _num_classes(model)
     order = {"auto": ("torchscript", "dynamo") if dynamic else ("dynamo", "torchscript"),
              "dynamo": ("dynamo",), "torchscript": ("torchscript",)}[exporter]

@@ -4,6 +4,11 @@
   sensor frame, and intensity / remission).
 - ``.label``: one little-endian uint32 per point; semantic id = low 16 bits, instance id =
   high 16 bits.
+
+:func:`read_scan` reads any scan file terraseg predicts on (:data:`SCAN_SUFFIXES`): a ``.bin``
+file, or a ``.ply`` cloud (for example an Ouster or CloudCompare export) whose ``vertex``
+element has ``x``, ``y``, ``z`` and optionally an intensity property, read exactly by
+:func:`terraseg.io.ply.read_ply`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from terraseg.errors import DataError
 from terraseg.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
+SCAN_SUFFIXES = (".bin", ".ply")
+"""Scan files :func:`read_scan` reads (SemanticKITTI ``.bin``, PLY)."""
+PLY_INTENSITY_FIELDS = ("intensity", "reflectivity", "remission", "scalar_intensity", "signal", "i")
+"""PLY vertex properties read as intensity, in order of preference (case-insensitive)."""
 
 
 def read_bin(path: str | os.PathLike[str], num_fields: int = 4, check_finite: bool = True) -> np.ndarray:
@@ -108,3 +117,60 @@ def write_label(path: str | os.PathLike[str], semantic: np.ndarray, instance: np
     with atomic_path(path) as tmp:
         word.astype("<u4").tofile(tmp)
     return Path(path)
+
+
+def read_ply_scan(path: str | os.PathLike[str], check_finite: bool = True,
+                  intensity_field: str | None = None) -> np.ndarray:
+    """Read a PLY point cloud as an (N, 4) float32 scan: x, y, z and intensity.
+
+    Intensity is the first vertex property named in :data:`PLY_INTENSITY_FIELDS` (or
+    ``intensity_field``); 0 when the cloud has none. Values are converted to float32 as they
+    are (no rescaling: a model's own intensity scale is applied by its predictor).
+
+    Raises:
+        DataError: a missing or malformed file, no x / y / z, an unknown ``intensity_field``, or
+            (with ``check_finite``) NaN / infinite coordinates, as :func:`read_bin`.
+    """
+    from terraseg.io.ply import read_ply
+
+    p = Path(path)
+    fields = read_ply(p)
+    missing = [c for c in ("x", "y", "z") if c not in fields]
+    if missing:
+        raise DataError(f"{p}: a LiDAR scan needs vertex properties x, y, z; missing {', '.join(missing)} "
+                        f"(the file has {', '.join(fields) or 'none'})")
+    lower = {k.lower(): k for k in fields}
+    if intensity_field is not None:
+        if intensity_field.lower() not in lower:
+            raise DataError(f"{p}: no vertex property {intensity_field!r} for the intensity (the file has "
+                            f"{', '.join(fields)})")
+        inten = lower[intensity_field.lower()]
+    else:
+        inten = next((lower[n] for n in PLY_INTENSITY_FIELDS if n in lower), None)
+    n = len(fields["x"])
+    out = np.zeros((n, 4), dtype=np.float32)
+    for i, c in enumerate(("x", "y", "z")):
+        out[:, i] = fields[c]
+    if inten is not None:
+        out[:, 3] = fields[inten]
+    if check_finite and not np.isfinite(out[:, :3]).all():
+        bad = ~np.isfinite(out[:, :3]).all(axis=1)
+        raise DataError(f"{p}: {int(bad.sum())} points have NaN or infinite coordinates "
+                        f"(first at index {int(np.argmax(bad))})")
+    return out
+
+
+def read_scan(path: str | os.PathLike[str], check_finite: bool = True) -> np.ndarray:
+    """Read a LiDAR scan file by its suffix: ``.bin`` (:func:`read_bin`, 4 float32 fields) or
+    ``.ply`` (:func:`read_ply_scan`), as an (N, 4) float32 x, y, z, intensity array.
+
+    Raises:
+        DataError: another suffix, or an unreadable file.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".bin":
+        return read_bin(p, check_finite=check_finite)
+    if suffix == ".ply":
+        return read_ply_scan(p, check_finite=check_finite)
+    raise DataError(f"{p}: not a LiDAR scan (expected {' or '.join(SCAN_SUFFIXES)})")

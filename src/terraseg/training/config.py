@@ -65,6 +65,10 @@ class DataConfig:
             random centre, as RandLA-Net's 45,056-point crops); None keeps whole scans.
         projection: points task, range networks: the spherical projection preset or
             ``organized:HxW`` for sensor-ordered scans (no augmentation then).
+        intensity_max: points task: raw intensities (column 3) are divided by this before the
+            network, e.g. 255 for 8-bit sensor intensities (None: used as stored). Recorded in
+            the checkpoint with the training intensity statistics, and applied again by every
+            predictor of the model.
         class_weights_file: class statistics JSON written by ``terraseg inspect DATA --split train
             --out DIR``; without it named class weights (``enet`` ...) are computed from the
             training split.
@@ -86,6 +90,7 @@ class DataConfig:
     repeat_factor: float | None = None
     max_points: int | None = None
     projection: str = "velodyne-hdl64e"
+    intensity_max: float | None = None
     class_weights_file: str | None = None
 
 
@@ -330,6 +335,10 @@ class TrainConfig:
             raise ConfigError(f"{s}: trainer.val_every_steps must be at least 1, got {t.val_every_steps}")
         if self.task == "points" and self.data.repeat_factor is not None:
             raise ConfigError(f"{s}: data.repeat_factor applies to the image task only")
+        im = self.data.intensity_max
+        if im is not None and (self.task != "points" or not (im > 0 and im != float("inf"))):
+            raise ConfigError(f"{s}: data.intensity_max " + ("applies to the points task only" if self.task != "points"
+                                                            else f"must be a positive number, got {im}"))
 
 
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainConfig:

@@ -23,7 +23,8 @@ from scipy.spatial import cKDTree
 
 from terraseg.errors import DataError
 from terraseg.frame import Frame
-from terraseg.geometry.range_image import RangeProjection, from_organized, project_scan
+from terraseg.geometry.range_image import RangeProjection, from_organized, parse_organized, project_scan
+from terraseg.models.points.intensity import IntensitySpec, intensity_stats, normalize_intensity
 from terraseg.models.points.randla_data import collate_randla, randla_inputs
 from terraseg.models.points.range_data import range_input
 from terraseg.ontology import Ontology
@@ -188,6 +189,7 @@ class PointSampleSpec:
         max_points: points per training sample (None: whole scans, batch size 1).
         projection: range networks: a preset name, a RangeProjection, or ``organized:HxW``.
         means, stds: range-image normalisation.
+        intensity_max: raw intensities (column 3) are divided by this (None: as stored).
     """
 
     arch: str
@@ -198,17 +200,7 @@ class PointSampleSpec:
     projection: str | RangeProjection = "velodyne-hdl64e"
     means: tuple[float, ...] = ()
     stds: tuple[float, ...] = ()
-
-
-def parse_organized(projection: str | RangeProjection) -> tuple[int, int] | None:
-    """``(H, W)`` of an ``organized:HxW`` projection string, else None."""
-    if isinstance(projection, str) and projection.startswith("organized:"):
-        try:
-            h, w = projection.split(":", 1)[1].lower().split("x")
-            return int(h), int(w)
-        except ValueError:
-            raise DataError(f"projection {projection!r}: expected organized:HxW, e.g. organized:64x2048") from None
-    return None
+    intensity_max: float | None = None
 
 
 class ScanSamples(_EpochAware, torch.utils.data.Dataset):
@@ -242,6 +234,7 @@ class ScanSamples(_EpochAware, torch.utils.data.Dataset):
         if s.arch == "salsanext" and self.organized is not None:
             return self._organized(f)
         pts, lab = scan_arrays(f, self.ontology)
+        pts = normalize_intensity(pts, s.intensity_max)
         if self.augment is not None:
             pts, lab, _ = self.augment(pts, lab, rng)
         if s.arch == "randlanet":
@@ -258,7 +251,7 @@ class ScanSamples(_EpochAware, torch.utils.data.Dataset):
     def _organized(self, f: Frame) -> dict[str, Any]:
         assert self.organized is not None
         h, w = self.organized
-        pts = np.asarray(f.points, dtype=np.float32)
+        pts = normalize_intensity(np.asarray(f.points, dtype=np.float32), self.spec.intensity_max)
         lab = np.asarray(f.point_labels).astype(np.int64)
         check_ids(lab, self.ontology, str(f.source.get("point_labels", f.frame_id)))
         image = from_organized(pts, h, w, source=str(f.source.get("points", f.frame_id)))
@@ -272,6 +265,23 @@ class ScanSamples(_EpochAware, torch.utils.data.Dataset):
         return {"range": torch.from_numpy(x), "target": torch.from_numpy(target),
                 "point_row": torch.from_numpy(image.point_row[ok]), "point_col": torch.from_numpy(image.point_col[ok]),
                 "point_target": torch.from_numpy(lab[ok]), "index": int(index)}
+
+
+def training_intensity(frames: FrameCache, intensity_max: float | None = None, max_scans: int = 16) -> IntensitySpec:
+    """The intensity scale of a run and the statistics of its scaled training intensities, from up
+    to ``max_scans`` training scans spread evenly over the split (what the checkpoint records so
+    predictors can scale scans and warn about ones far outside; see
+    :mod:`terraseg.models.points.intensity`)."""
+    n = len(frames)
+    picks = sorted({int(i) for i in np.linspace(0, n - 1, min(n, max_scans))}) if n else []
+
+    def scans() -> Any:
+        for i in picks:
+            pts = frames[i].points
+            if pts is not None:
+                yield np.asarray(pts)
+
+    return IntensitySpec(intensity_max, intensity_stats(scans(), intensity_max))
 
 
 def collate_scans(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

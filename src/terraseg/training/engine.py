@@ -62,6 +62,7 @@ from terraseg.training.data import (
     ShardSampler,
     collate_images,
     collate_scans,
+    training_intensity,
 )
 from terraseg.training.losses import build_loss
 from terraseg.training.runlog import read_history, truncate_logs
@@ -334,11 +335,11 @@ class _Run:
             val = ImageSamples(self.val_frames, self.ontology, build_image_transform(aug, False, norm), None, cfg.seed)
             window = None
             if cfg.eval.window:  # training validation: the eval window, never TTA (that is for terraseg eval)
-                from terraseg.inference.image import WindowConfig
+                from terraseg.models.image.windows import WindowConfig
 
                 window = _with_source(cfg, "eval.window", lambda: WindowConfig.parse(cfg.eval.window))
             if cfg.eval.tta:
-                from terraseg.inference.image import TTAConfig
+                from terraseg.models.image.windows import TTAConfig
 
                 _with_source(cfg, "eval.tta", lambda: TTAConfig.parse(cfg.eval.tta))  # validated now, used by eval
             return train, val, ImageTask(window, None, channels_last)
@@ -350,8 +351,14 @@ class _Run:
         spec = PointSampleSpec(arch=str(arch), in_channels=mc.in_channels, max_points=cfg.data.max_points,
                                projection=cfg.data.projection,
                                k=getattr(mc, "k", 16), ratios=tuple(getattr(mc, "ratios", (4, 4, 4, 4))),
-                               means=tuple(getattr(mc, "means", ())), stds=tuple(getattr(mc, "stds", ())))
-        self.meta["preprocess"] = {"projection": cfg.data.projection, "max_points": cfg.data.max_points}
+                               means=tuple(getattr(mc, "means", ())), stds=tuple(getattr(mc, "stds", ())),
+                               intensity_max=cfg.data.intensity_max)
+        self.meta["preprocess"] = {"projection": cfg.data.projection, "max_points": cfg.data.max_points,
+                                   "intensity": training_intensity(self.train_frames, cfg.data.intensity_max).to_meta()}
+        if cfg.eval.tta:  # LiDAR TTA of terraseg eval with this recipe: validated now
+            from terraseg.models.points.tta import ScanTTAConfig
+
+            _with_source(cfg, "eval.tta", lambda: ScanTTAConfig.parse(cfg.eval.tta))
         augment = None
         if cfg.augment.get("enabled", True):
             pa = _with_source(cfg, "augment", lambda: PointAugConfig.from_dict(

@@ -69,7 +69,7 @@ class ImageTask(TaskAdapter):
         if self.window is None and self.tta is None:
             pred = class_ids(model(x))
         else:
-            from terraseg.inference.image import infer_probabilities
+            from terraseg.models.image.windows import infer_probabilities
 
             kw = {k: v for k, v in (("window", self.window), ("tta", self.tta)) if v is not None}
             pred = class_ids(infer_probabilities(model, x, model.num_classes, **kw))

@@ -1,7 +1,7 @@
 """Inference backends of the runtime: one ``predict(message) -> Prediction`` for every model kind.
 
 - Camera: :class:`ImageBackend` around an
-  :class:`~terraseg.inference.image.ImagePredictor` (PyTorch on CPU / CUDA, optional autocast:
+  :class:`~terraseg.models.image.predict.ImagePredictor` (PyTorch on CPU / CUDA, optional autocast:
   float16 on CUDA, bfloat16 on CPU) or an
   :class:`~terraseg.inference.onnx_export.OrtImagePredictor` (ONNX Runtime). The predictor's
   normalisation, base size, windows and TTA apply unchanged; with one view and whole-image
@@ -9,13 +9,15 @@
   as the predictor's, without the softmax over every pixel). For an ONNX model in that case
   (and ``fuse=True``, the default) normalisation and argmax run inside the graph
   (:mod:`terraseg.inference.onnx_fuse`): the uint8 image goes in, uint8 ids come out.
-- LiDAR: :class:`ScanBackend` around ``predict(points) -> ScanPrediction``: a terraseg
-  checkpoint through :func:`terraseg.inference.scans.scan_predictor` (RandLA-Net or a range
-  network on PyTorch) or an :class:`~terraseg.inference.range_onnx.OrtRangePredictor` (labels
-  only, the argmax inside the graph, unless scores are asked for).
+- LiDAR: :class:`ScanBackend` around ``predict(points) -> ScanPrediction``: the
+  :class:`~terraseg.models.points.pipeline.ScanPipeline` of
+  :func:`terraseg.inference.load_predictor` (intensity scaling and check, optional TTA) around
+  a point network on PyTorch or an :class:`~terraseg.inference.range_onnx.OrtRangePredictor`
+  (labels only, the argmax inside the graph, unless scores are asked for).
 
-:func:`load_backend` picks one from a model file: ``.onnx`` runs on ONNX Runtime, anything
-else is read as a terraseg checkpoint. Batch size is 1. Timings (milliseconds) go into
+:func:`load_backend` picks one from a model file through
+:func:`terraseg.inference.load_predictor`: ``.onnx`` runs on ONNX Runtime, anything else is
+read as a terraseg checkpoint. Batch size is 1. Timings (milliseconds) go into
 ``Prediction.timings_ms``: ``preprocess`` (camera: upload, normalisation, resize to the base
 size; LiDAR: projection / neighbour search), ``infer`` (the network, including the resize of
 the logits back to the image) and ``postprocess`` (camera: argmax and download; LiDAR: labels
@@ -39,10 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from terraseg.errors import ConfigError, DataError
-from terraseg.inference.image import BaseImagePredictor, _check_image, infer_probabilities
+from terraseg.inference.predictor import model_kind
 from terraseg.inference.runtime.types import Prediction, SensorMessage, StreamKind
 from terraseg.models.image.base import unpack_outputs
+from terraseg.models.image.predict import BaseImagePredictor, check_image
+from terraseg.models.image.windows import infer_probabilities
 from terraseg.ontology import Ontology
+
+__all__ = ["Backend", "ImageBackend", "ScanBackend", "describe_backends", "load_backend", "model_kind", "xyzi"]
 
 ScanFn = Callable[[np.ndarray], Any]
 """``(N, C) float32 points -> ScanPrediction`` (``labels``, ``probabilities``, ``timings`` in s)."""
@@ -94,7 +100,7 @@ class ImageBackend(Backend):
     """Camera backend around an image predictor (PyTorch or ONNX Runtime).
 
     Args:
-        predictor: an :class:`~terraseg.inference.image.ImagePredictor` or
+        predictor: an :class:`~terraseg.models.image.predict.ImagePredictor` or
             :class:`~terraseg.inference.onnx_export.OrtImagePredictor`.
         name: description for tables (default: the runtime and device).
         scores: also compute the softmax probability of the predicted class, (H, W) float32.
@@ -165,7 +171,7 @@ class ImageBackend(Backend):
     def predict(self, message: SensorMessage) -> Prediction:
         self.check(message)
         p = self.predictor
-        img = _check_image(message.image, f"{message.topic} message {message.seq}")  # type: ignore[arg-type]
+        img = check_image(message.image, f"{message.topic} message {message.seq}")  # type: ignore[arg-type]
         h, w = img.shape[:2]
         session = self._fused_session((h, w))
         if session is not None:
@@ -223,7 +229,7 @@ class ScanBackend(Backend):
     """LiDAR backend around ``predict(points) -> ScanPrediction``.
 
     Args:
-        predict_fn: e.g. :func:`terraseg.inference.scans.scan_predictor` of a checkpoint or an
+        predict_fn: e.g. the ``scan`` pipeline of :func:`terraseg.inference.load_predictor` or an
             :class:`~terraseg.inference.range_onnx.OrtRangePredictor`; it gets (N, 4) float32
             x, y, z, intensity.
         ontology: the label ontology of its outputs.
@@ -265,60 +271,28 @@ class ScanBackend(Backend):
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _ort_providers(device: str | None) -> list[str] | None:
-    if device is None:
-        return None
-    d = str(device).lower()
-    if d.startswith("cuda"):
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if d == "cpu":
-        return ["CPUExecutionProvider"]
-    raise ConfigError(f"unknown device {device!r} for ONNX Runtime (cpu or cuda)")
-
-
-def model_kind(path: str | os.PathLike[str], *, trusted: bool = False) -> StreamKind:
-    """``camera`` or ``lidar``: what a model file (``.onnx`` or terraseg checkpoint) segments.
-
-    Raises:
-        DataError: a missing or unreadable file.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: model file not found")
-    if p.suffix.lower() == ".onnx":
-        import onnx
-
-        from terraseg.inference.range_onnx import METADATA_KEY
-
-        try:
-            proto = onnx.load(str(p), load_external_data=False)
-        except Exception as exc:  # protobuf decode errors of several types
-            raise DataError(f"{p}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-        return "lidar" if any(e.key == METADATA_KEY for e in proto.metadata_props) else "camera"
-    from terraseg.inference.models import POINT_ARCHS
-    from terraseg.models.surgery import read_checkpoint
-
-    return "lidar" if dict(read_checkpoint(p, trusted=trusted).spec).get("arch") in POINT_ARCHS else "camera"
-
-
 def load_backend(path: str | os.PathLike[str], kind: StreamKind | None = None, *, device: str | None = None,
                  amp: bool = False,
                  threads: int | None = None, projection: str | None = None, tta: Any = None, window: Any = None,
-                 scores: bool = False, trusted: bool = False, fuse: bool = True, spin: bool = False) -> Backend:
+                 scores: bool = False, trusted: bool = False, fuse: bool = True, spin: bool = False,
+                 intensity_max: float | None = None) -> Backend:
     """A backend for a model file: ``.onnx`` on ONNX Runtime, else a terraseg checkpoint on PyTorch.
+
+    The model is loaded by :func:`terraseg.inference.load_predictor` (which decides what it
+    is and carries its normalisation, projection, intensity scale and ontology).
 
     Args:
         path: the model file.
-        kind: ``camera`` (image models) or ``lidar`` (RandLA-Net, range networks); None: what
-            the model is (:func:`model_kind`).
+        kind: ``camera`` (image models) or ``lidar`` (point networks); None: what the model is
+            (:func:`~terraseg.inference.predictor.model_kind`).
         device: ``cpu`` / ``cuda`` / ``cuda:1`` (PyTorch), ``cpu`` / ``cuda`` (ONNX Runtime
             providers); None or ``auto``: CUDA when available.
         amp: PyTorch camera models: autocast (float16 on CUDA, bfloat16 on CPU).
         threads: ONNX Runtime intra-op threads per session (default: ONNX Runtime's choice).
         projection: LiDAR range networks: projection preset or ``organized:HxW`` (default: the
             one recorded in the checkpoint / ONNX file).
-        tta, window: camera models: test-time augmentation and sliding windows (see
-            :class:`~terraseg.inference.image.ImagePredictor`); the default is one whole-image view.
+        tta: test-time augmentation of the model's kind (camera: scales x flip; LiDAR: rotations
+            x mirrors); window: camera sliding windows. The default is one whole-image / whole-scan view.
         scores: also return the confidence of each label.
         trusted: allow loading checkpoints with arbitrary pickled objects.
         fuse: ONNX models: normalisation (camera) and argmax inside the graph (see
@@ -327,75 +301,28 @@ def load_backend(path: str | os.PathLike[str], kind: StreamKind | None = None, *
         spin: ONNX Runtime's idle intra-op threads spin-wait (its own default). Off by default
             here: the runtime's reader and writer threads share the cores (see
             :func:`~terraseg.inference.onnx_fuse.make_session`).
+        intensity_max: LiDAR: divide raw intensities by this (default: the model's recorded scale).
 
     Raises:
         DataError: a missing or unreadable model file.
         ConfigError: a model of the wrong kind (e.g. a LiDAR checkpoint for the camera), or options
             that do not apply to it.
     """
+    from terraseg.inference.predictor import load_predictor
+
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: model file not found")
-    if kind is None:
-        kind = model_kind(p, trusted=trusted)
-    if kind not in ("camera", "lidar"):
+    if kind is not None and kind not in ("camera", "lidar"):
         raise ConfigError(f"kind must be camera or lidar, got {kind!r}")
-    if device is not None and str(device).lower() == "auto":
-        device = None
     onnx = p.suffix.lower() == ".onnx"
-    if onnx and amp:
-        raise ConfigError(f"{p}: --amp applies to PyTorch checkpoints, not to ONNX models")
-    if kind == "camera":
-        if projection is not None:
-            raise ConfigError("projection applies to LiDAR range networks, not to camera models")
-        if onnx:
-            from terraseg.inference.onnx_export import OrtImagePredictor
-
-            ort_pred = OrtImagePredictor(p, providers=_ort_providers(device), threads=threads, tta=tta, window=window,
-                                         batch_size=1, spin=spin)
-            return ImageBackend(ort_pred, scores=scores, model_path=p, fuse=fuse)
-        from terraseg.inference.image import ImagePredictor
-        from terraseg.inference.models import POINT_ARCHS
-        from terraseg.models.surgery import read_checkpoint
-
-        arch = dict(read_checkpoint(p, trusted=trusted).spec).get("arch")
-        if arch in POINT_ARCHS:
-            raise ConfigError(f"{p}: a LiDAR model ({arch}) given as the camera model")
-        pred = ImagePredictor.from_checkpoint(p, trusted=trusted, device=device, amp=amp, tta=tta, window=window,
-                                              batch_size=1)
-        return ImageBackend(pred, scores=scores, model_path=p)
-    if tta is not None or window is not None:
-        raise ConfigError("tta and window apply to camera models, not to LiDAR models")
-    if onnx:
-        from terraseg.inference.range_onnx import OrtRangePredictor
-
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {threads}")
-        proj = _projection(projection) if projection is not None else None
-        ort_range = OrtRangePredictor(p, projection=proj, threads=threads, providers=_ort_providers(device),
-                                      source=str(p), probabilities=scores or not fuse, spin=spin)
-        provider = ort_range.network.session.get_providers()[0].replace("ExecutionProvider", "")
-        return ScanBackend(ort_range, ort_range.network.ontology, scores=scores, model_path=p,
-                           name=f"onnxruntime:{provider}" + ("" if fuse else " (unfused)"))
-    from terraseg.inference.models import load_model
-    from terraseg.inference.scans import scan_predictor
-
-    loaded = load_model(p, trusted=trusted)
-    if loaded.task != "points":
-        raise ConfigError(f"{p}: a camera model ({type(loaded.model).__name__}) given as the LiDAR model")
-    dev = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    if amp:
-        raise ConfigError(f"{p}: --amp applies to camera models")
-    fn = scan_predictor(loaded, projection=projection, device=dev, probabilities=scores)
-    return ScanBackend(fn, loaded.ontology, name=f"pytorch:{dev}", scores=scores, model_path=p)
-
-
-def _projection(value: str) -> Any:
-    from terraseg.models.points.predict import OrganizedLayout
-    from terraseg.training.data import parse_organized
-
-    hw = parse_organized(value)
-    return OrganizedLayout(*hw) if hw is not None else value
+    pred = load_predictor(p, kind=kind, device=device, amp=amp, threads=threads, projection=projection, tta=tta,
+                          window=window, trusted=trusted, batch_size=1, spin=spin, intensity_max=intensity_max,
+                          probabilities=scores or (onnx and not fuse))
+    if pred.kind == "camera":
+        assert pred.image is not None
+        return ImageBackend(pred.image, scores=scores, model_path=p, fuse=fuse)
+    assert pred.scan is not None
+    return ScanBackend(pred.scan, pred.ontology, scores=scores, model_path=p,
+                       name=pred.name + ("" if fuse or not onnx else " (unfused)"))
 
 
 def describe_backends(backends: Sequence[Backend]) -> str:

@@ -31,7 +31,7 @@ Sources:
   layout, SemanticKITTI, RELLIS-3D, GOOSE, CARLA exports); ground truth from its masks / labels,
   poses and calibration from the dataset.
 - :class:`ImageSequenceSource`: a video file (OpenCV), an image or a folder of images.
-- :class:`ScanFolderSource`: a SemanticKITTI ``.bin`` scan or a folder of them.
+- :class:`ScanFolderSource`: a SemanticKITTI ``.bin`` or ``.ply`` scan, or a folder of them.
 - :class:`SimSource`: the built-in simulator driving live (:mod:`terraseg.sim`): a world, a
   drive along its trail, each frame rendered when it is needed, with ground truth and poses.
 
@@ -55,6 +55,7 @@ import numpy as np
 from terraseg.errors import ConfigError, DataError
 from terraseg.frame import XYZI, Calibration
 from terraseg.inference.runtime.types import SensorMessage, StreamKind
+from terraseg.io.scans import SCAN_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ COLOR_ENCODINGS = frozenset({"rgb8", "bgr8", "rgba8", "bgra8"})
 ID_ENCODINGS = frozenset({"mono8", "8uc1", "mono16", "16uc1"})
 
 BAG_SUFFIXES = (".bag", ".db3", ".mcap")
-SCAN_SUFFIXES = (".bin",)
 
 
 # ---------------------------------------------------------------------------------------------- base
@@ -422,7 +422,7 @@ class BagSource(Source):
         return None
 
     def _decode(self, topic: str, msgtype: str, index: int, record_ns: int, raw: bytes) -> Any:
-        from terraseg.extract import stem_of
+        from terraseg.datasets.generic_writer import stamp_stem as stem_of
         from terraseg.io.bags.decode import CAMERA_INFO, POINTCLOUD2, decode_camera_info, decode_pointcloud2, stamp_ns
 
         where = self.bag.where(topic, index)
@@ -641,9 +641,10 @@ class ImageSequenceSource(Source):
 
 
 class ScanFolderSource(Source):
-    """A SemanticKITTI ``.bin`` scan or a folder of them (:func:`terraseg.inference.scans.list_scans`),
+    """A ``.bin`` / ``.ply`` scan or a folder of them (:func:`terraseg.inference.scans.list_scans`),
     at ``rate_hz``; the topic is the file / folder name. With ``skip_bad`` an unreadable scan
-    (a size that is not a whole number of points, NaN coordinates) is skipped (one warning line)."""
+    (a size that is not a whole number of points, NaN coordinates, a broken PLY header) is skipped
+    (one warning line)."""
 
     def __init__(self, path: str | os.PathLike[str], *, rate_hz: float = 10.0, realtime: bool = False,
                  speed: float = 1.0, max_frames: int | None = None, skip_bad: bool = False) -> None:
@@ -792,7 +793,7 @@ def open_source(spec: str | os.PathLike[str], *, camera: bool = True, lidar: boo
                 split: str = "all", options: Mapping[str, Any] | None = None, rate_hz: float = 10.0,
                 skip_bad: bool = False) -> Source:
     """The source for ``spec``: ``sim`` / ``sim:key=value,...``, a bag, a video / image / image
-    folder, a ``.bin`` scan / scan folder, or a dataset folder (tried in this order for folders:
+    folder, a ``.bin`` / ``.ply`` scan or scan folder, or a dataset folder (tried in this order for folders:
     bag, dataset layout, images, scans).
 
     ``camera`` / ``lidar`` say which streams are wanted (those with a model); the other keywords
@@ -836,7 +837,7 @@ def open_source(spec: str | os.PathLike[str], *, camera: bool = True, lidar: boo
                 raise ConfigError(f"{path}: a video / image has no point clouds for the LiDAR model")
             return ImageSequenceSource(path, rate_hz=rate_hz, **readers)
         raise DataError(f"{path}: unknown source type {suffix!r} (expected a bag {', '.join(BAG_SUFFIXES)}, a video "
-                        f"{', '.join(VIDEO_SUFFIXES)}, an image, a .bin scan, a folder or sim:...)")
+                        f"{', '.join(VIDEO_SUFFIXES)}, an image, a .bin / .ply scan, a folder or sim:...)")
     from terraseg.datasets import detect_kind
 
     try:
@@ -844,7 +845,7 @@ def open_source(spec: str | os.PathLike[str], *, camera: bool = True, lidar: boo
             detect_kind(path)
     except DataError as exc:
         has_images = any(p.suffix.lower() in INPUT_IMAGE_SUFFIXES for p in path.rglob("*") if p.is_file())
-        has_scans = not has_images and any(path.rglob("*.bin"))
+        has_scans = not has_images and any(p.suffix.lower() in SCAN_SUFFIXES for p in path.rglob("*") if p.is_file())
         if has_images and not lidar and not options:
             return ImageSequenceSource(path, rate_hz=rate_hz, **readers)
         if has_scans and not camera and not options:

@@ -32,6 +32,10 @@ resolution in eval mode; in train mode models with an auxiliary head (``model.ha
 ``{"out": logits, "aux": aux_logits}`` (both at input resolution), the others the logits tensor.
 Any ``H``, ``W`` work (inputs are padded to a multiple of 32 internally).
 
+Inference: :class:`ImagePredictor` runs a model on ``(H, W, 3)`` uint8 images (normalisation,
+base size, whole-image or sliding-window inference, :class:`TTAConfig` test-time augmentation);
+:mod:`terraseg.models.image.windows` holds the torch-level core shared with training validation.
+
 Weights: ``encoder_weights`` never download unless asked: ``pretrained=True`` (ImageNet encoder;
 ADE20K for Mask2Former), ``weights="imagenet"`` (an encoder tag), ``weights="org/name"`` (a hub
 model) or ``weights="model.pth"`` (a local checkpoint, loaded with class remapping by
@@ -48,18 +52,25 @@ from terraseg.models.image.factory import (
     list_image_encoders,
     load_image_model,
 )
+from terraseg.models.image.predict import BaseImagePredictor, ImagePredictor
 from terraseg.models.image.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalization, normalize_image
+from terraseg.models.image.windows import TTAConfig, WindowConfig, infer_probabilities
 
 __all__ = [
+    "BaseImagePredictor",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageArch",
     "Normalization",
+    "ImagePredictor",
     "ImageSegmenter",
     "ModelOutput",
+    "TTAConfig",
+    "WindowConfig",
     "build_image_model",
     "describe_image_archs",
     "image_arch",
+    "infer_probabilities",
     "list_image_archs",
     "list_image_encoders",
     "load_image_model",

@@ -7,7 +7,13 @@
   (normalised channels) and the RangeNet++-style kNN back-projection
   :func:`points_from_pixels`.
 - :func:`build_point_model` builds either from an architecture name and a width preset;
-  :func:`predict_scan` labels every point of a scan in one network pass.
+  :func:`predict_scan` labels every point of a scan in one network pass (per TTA view).
+- :func:`point_predictor` / :class:`ScanPipeline`: the predictor of any point architecture
+  (one table, :data:`POINT_PREDICTORS`) with what all share: intensity scaling and its check
+  against the training data (:mod:`~terraseg.models.points.intensity`), and test-time
+  augmentation by rotations about z and x / y mirrors (:class:`ScanTTAConfig`).
+- :class:`RegularCropPredictor` / :func:`predict_scan_regular`: RandLA-Net with Open3D-ML's
+  spatially regular crops.
 
 >>> import numpy as np
 >>> from terraseg.models.points import build_point_model, predict_scan
@@ -18,13 +24,15 @@
 ((2000,), (2000, 4))
 """
 
-from terraseg.models.points.build import PRESETS, PointModel, build_point_model, canonical_arch
+from terraseg.models.points.build import PRESETS, PointModel, build_point_model, canonical_arch, is_point_arch
+from terraseg.models.points.intensity import IntensitySpec, IntensityStats, intensity_mismatch, intensity_stats
+from terraseg.models.points.pipeline import POINT_PREDICTORS, ScanPipeline, point_predictor, predict_scan
 from terraseg.models.points.predict import (
     OrganizedLayout,
     RandLAPredictor,
     RangePredictor,
     ScanPrediction,
-    predict_scan,
+    resolve_projection,
 )
 from terraseg.models.points.randla_data import collate_randla, inputs_to, level_sizes, randla_inputs
 from terraseg.models.points.randlanet import RANDLA_PRESETS, RandLANet, RandLANetConfig
@@ -37,10 +45,15 @@ from terraseg.models.points.range_post import (
     KNNPost,
     points_from_pixels,
 )
+from terraseg.models.points.regular import RegularCropPredictor, predict_scan_regular
 from terraseg.models.points.salsanext import SALSANEXT_PRESETS, SalsaNext, SalsaNextConfig
+from terraseg.models.points.tta import ScanTTAConfig
 
 __all__ = [
+    "IntensitySpec",
+    "IntensityStats",
     "NORMALIZATIONS",
+    "POINT_PREDICTORS",
     "PRESETS",
     "RANDLA_PRESETS",
     "SALSANEXT_PRESETS",
@@ -55,17 +68,26 @@ __all__ = [
     "RandLANetConfig",
     "RandLAPredictor",
     "RangePredictor",
+    "RegularCropPredictor",
     "SalsaNext",
     "SalsaNextConfig",
+    "ScanPipeline",
     "ScanPrediction",
+    "ScanTTAConfig",
     "build_point_model",
     "canonical_arch",
     "collate_randla",
     "inputs_to",
+    "intensity_mismatch",
+    "intensity_stats",
+    "is_point_arch",
     "level_sizes",
     "normalization",
+    "point_predictor",
     "points_from_pixels",
     "predict_scan",
+    "predict_scan_regular",
     "randla_inputs",
     "range_input",
+    "resolve_projection",
 ]

@@ -37,6 +37,12 @@ DEFAULT_IN_CHANNELS = {"randlanet": 3, "salsanext": 5}
 PRESETS: dict[str, dict[str, dict[str, object]]] = {"randlanet": RANDLA_PRESETS, "salsanext": SALSANEXT_PRESETS}
 
 
+def is_point_arch(arch: object) -> bool:
+    """Whether ``arch`` (a model spec's ``arch``) names a point network of this factory (any
+    alias): the one test of "is this a LiDAR model" for checkpoints."""
+    return isinstance(arch, str) and arch.lower().replace("_", "-") in _ALIASES
+
+
 def canonical_arch(arch: str) -> str:
     """The canonical name of an architecture (``randlanet`` or ``salsanext``)."""
     key = arch.lower().replace("_", "-")

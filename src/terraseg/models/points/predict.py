@@ -8,7 +8,14 @@
   any cloud, or the sensor's own layout for organised scans such as the RELLIS-3D Ouster
   ``.bin`` files), the range network labels the pixels in one pass, and
   :func:`~terraseg.models.points.range_post.points_from_pixels` labels every point from them.
-- :func:`predict_scan` picks the predictor for a model.
+- :func:`predict_scan` / :func:`~terraseg.models.points.pipeline.point_predictor` pick the
+  predictor of a model from one table (:data:`~terraseg.models.points.pipeline.POINT_PREDICTORS`)
+  and add what every model shares: intensity scaling and its check, and test-time augmentation
+  (:class:`~terraseg.models.points.pipeline.ScanPipeline`).
+
+A range network projects with *its* sensor projection: the ``projection`` given, else the one
+the model carries (``model.projection``, set by :func:`terraseg.inference.load_model` from the
+checkpoint); a network that records none and is given none is an error, never a silent default.
 
 Points without a return (zero or non-finite coordinates, such as the 53,364 zero points of an
 organised RELLIS-3D scan) get the label ``fill`` (default 0), all-zero probabilities and
@@ -25,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from terraseg.errors import DataError
+from terraseg.errors import ConfigError, DataError
 from terraseg.geometry.projection import as_xyz
 from terraseg.geometry.range_image import (
     Layout,
@@ -33,6 +40,7 @@ from terraseg.geometry.range_image import (
     RangeProjection,
     from_organized,
     organized_layout,
+    parse_organized,
     project_scan,
 )
 from terraseg.models.points.randla_data import collate_randla, inputs_to, randla_inputs
@@ -91,6 +99,20 @@ class OrganizedLayout:
 
 
 Projection = RangeProjection | OrganizedLayout | str
+
+
+def resolve_projection(projection: Projection | None, where: str = "range network") -> Projection:
+    """A projection ready for :class:`RangePredictor`: ``organized:HxW`` text becomes an
+    :class:`OrganizedLayout`, a preset name is checked; None is an error naming ``where``."""
+    if projection is None:
+        raise ConfigError(f"{where}: the range network records no sensor projection; give one (a preset such as "
+                          "velodyne-hdl64e, or organized:HxW for scans stored in sensor order)")
+    if isinstance(projection, str):
+        hw = parse_organized(projection)
+        if hw is not None:
+            return OrganizedLayout(*hw)
+        RangeProjection.preset(projection)  # an unknown name fails here, naming the known ones
+    return projection
 
 
 def _float_points(points: np.ndarray, source: str) -> np.ndarray:
@@ -156,6 +178,11 @@ class RandLAPredictor:
     device: torch.device | str | None = None
     source: str = "points"
 
+    @property
+    def uses_intensity(self) -> bool:
+        """Whether column 3 of the points (intensity) is a network input."""
+        return int(self.model.config.in_channels) > 3
+
     def __call__(self, points: np.ndarray) -> ScanPrediction:
         cfg = self.model.config
         t0 = time.perf_counter()
@@ -192,8 +219,10 @@ class RangePredictor:
     Attributes:
         model: the range network (its config holds the input channels and normalisation).
         projection: a :class:`~terraseg.geometry.range_image.RangeProjection`, a preset name
-            (``velodyne-hdl64e``, ``rellis3d-os1-64``, ...), or an :class:`OrganizedLayout`.
-            The image size is the projection's (64 x 2048 for the presets).
+            (``velodyne-hdl64e``, ``rellis3d-os1-64``, ...), an :class:`OrganizedLayout` (or its
+            text ``organized:HxW``); None: the model's own (``model.projection``, recorded in its
+            checkpoint), an error when it has none. The image size is the projection's (64 x 2048
+            for the 64-beam presets).
         post: kNN post-processing (see :mod:`terraseg.models.points.range_post`).
         fill: label of points without a return.
         device: where to run (default: the model's device).
@@ -207,7 +236,7 @@ class RangePredictor:
     """
 
     model: SalsaNext
-    projection: Projection = "velodyne-hdl64e"
+    projection: Projection | None = None
     post: KNNPost = field(default_factory=KNNPost)
     fill: int = 0
     device: torch.device | str | None = None
@@ -216,6 +245,26 @@ class RangePredictor:
     probabilities: bool = True
     _layouts: dict[OrganizedLayout, tuple[Any, bool]] = field(default_factory=dict, init=False, repr=False,
                                                                compare=False)
+
+    def __post_init__(self) -> None:
+        proj = self.projection if self.projection is not None else getattr(self.model, "projection", None)
+        self.projection = resolve_projection(proj, self.source if self.source != "points" else
+                                             type(self.model).__name__)
+
+    @property
+    def uses_intensity(self) -> bool:
+        """Whether column 3 of the points (intensity) is a network input (5- and 6-channel inputs)."""
+        return int(self.model.config.in_channels) >= 5
+
+    @property
+    def tta_unsupported(self) -> str | None:
+        """Why rotation / mirror TTA cannot work with this predictor (None: it can)."""
+        if isinstance(self.projection, OrganizedLayout):
+            return ("its range image uses the organised sensor layout (organized:HxW), which places every point at "
+                    "the pixel its index in the scan gives; rotating or mirroring the coordinates does not move it "
+                    "in the image and would only corrupt the x / y input channels. Use a spherical projection preset "
+                    "(--projection) for TTA")
+        return None
 
     def project(self, points: np.ndarray) -> RangeImage:
         """The range image of a scan ((N, C>=3) float points)."""
@@ -292,21 +341,8 @@ class RangePredictor:
 
 
 def predict_scan(model: nn.Module, points: np.ndarray, **options: Any) -> ScanPrediction:
-    """Label every point of one scan with a point model, in one network pass.
+    """Label every point of one scan with a point model (see
+    :func:`terraseg.models.points.pipeline.predict_scan`, which this forwards to)."""
+    from terraseg.models.points.pipeline import predict_scan as _predict_scan
 
-    Args:
-        model: a :class:`RandLANet` or :class:`SalsaNext` (from
-            :func:`~terraseg.models.points.build.build_point_model` or a checkpoint).
-        points: (N, C>=3) float points (x, y, z in metres, sensor frame; then intensity, ...).
-        options: predictor settings: ``seed``, ``fill``, ``device`` for RandLA-Net
-            (:class:`RandLAPredictor`); ``projection``, ``post`` (a :class:`KNNPost`), ``fill``,
-            ``device`` for range networks (:class:`RangePredictor`).
-
-    Returns:
-        A :class:`ScanPrediction` with (N,) labels and (N, C) probabilities.
-    """
-    if isinstance(model, RandLANet):
-        return RandLAPredictor(model, **options)(points)
-    if isinstance(model, SalsaNext):
-        return RangePredictor(model, **options)(points)
-    raise DataError(f"predict_scan: unsupported model {type(model).__name__} (expected RandLANet or SalsaNext)")
+    return _predict_scan(model, points, **options)
