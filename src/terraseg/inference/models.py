@@ -14,7 +14,7 @@ from terraseg.errors import DataError
 from terraseg.models.surgery import load_weights, read_checkpoint
 from terraseg.ontology import Ontology
 
-POINT_ARCHS = ("randlanet", "salsanext")
+POINT_ARCHS = ("randlanet", "salsanext", "voxelunet")
 
 
 @dataclass

@@ -415,6 +415,10 @@ def export_range_checkpoint_onnx(checkpoint: str | os.PathLike[str], path: str |
     from terraseg.inference.scans import resolve_projection
 
     loaded = load_model(checkpoint)
+    if getattr(loaded.model, "arch", None) == "voxelunet":
+        raise ConfigError(f"{checkpoint}: ONNX export of sparse voxel convolution is not supported (ONNX has no "
+                          "sparse convolution operator and the kernel maps depend on each scan's voxels); run the "
+                          "voxel U-Net with terraseg predict or the runtime's PyTorch backend")
     if not isinstance(loaded.model, SalsaNext):
         raise ConfigError(f"{checkpoint}: ONNX export supports camera models and range networks; RandLA-Net needs "
                           "its neighbour hierarchy from the data pipeline (run it with terraseg predict)")

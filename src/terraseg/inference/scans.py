@@ -1,6 +1,6 @@
 """Whole-scan prediction with a trained LiDAR checkpoint, and writing the results.
 
-:func:`scan_predictor` turns a loaded RandLA-Net or range-network checkpoint into
+:func:`scan_predictor` turns a loaded RandLA-Net, voxel U-Net or range-network checkpoint into
 ``predict(points) -> ScanPrediction`` (one pass over the whole scan, or RandLA-Net's
 Open3D-ML-compatible regular crops with ``regular=True``); :func:`write_scan_prediction` writes
 ``labels/<stem>.label`` (SemanticKITTI layout: uint32, semantic id in the low 16 bits) and
@@ -45,10 +45,11 @@ def scan_predictor(loaded: LoadedModel, *, projection: str | None = None, regula
         regular: RandLA-Net: spatially regular crops of ``num_points`` until every point is
             visited (Open3D-ML's test procedure) instead of one pass over the whole scan.
         device: where to run (default: CPU, or the model's device).
-        probabilities: range networks: also return per-point class probabilities (False: labels
-            only, no softmax; ``ScanPrediction.probabilities`` is None). RandLA-Net always returns them.
+        probabilities: range networks and the voxel U-Net: also return per-point class
+            probabilities (False: labels only, no softmax; ``ScanPrediction.probabilities`` is
+            None). RandLA-Net always returns them.
     """
-    from terraseg.models.points import RandLANet, RandLAPredictor, RangePredictor, SalsaNext
+    from terraseg.models.points import RandLANet, RandLAPredictor, RangePredictor, SalsaNext, VoxelPredictor, VoxelUNet
 
     model = loaded.model
     if device is not None:
@@ -59,6 +60,10 @@ def scan_predictor(loaded: LoadedModel, *, projection: str | None = None, regula
 
             return lambda pts: predict_scan_regular(model, pts, num_points=num_points, seed=seed, recenter="none")
         return RandLAPredictor(model, seed=seed)
+    if isinstance(model, VoxelUNet):
+        if regular:
+            raise ConfigError("--regular applies to RandLA-Net only (the voxel U-Net sees the whole scan at once)")
+        return VoxelPredictor(model, probabilities=probabilities)
     if isinstance(model, SalsaNext):
         if regular:
             raise ConfigError("--regular applies to RandLA-Net only (range networks see the whole scan at once)")

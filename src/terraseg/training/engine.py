@@ -227,7 +227,7 @@ class _Run:
 
     def _datasets(self, progress: bool) -> tuple[Any, Any, Any]:
         cfg = self.cfg
-        from terraseg.training.module import ImageTask, RandLATask, RangeTask
+        from terraseg.training.module import ImageTask, RandLATask, RangeTask, VoxelTask
 
         channels_last = _channels_last(cfg)
         if cfg.task == "image":
@@ -261,7 +261,9 @@ class _Run:
         spec = PointSampleSpec(arch=str(arch), in_channels=mc.in_channels, max_points=cfg.data.max_points,
                                projection=cfg.data.projection,
                                k=getattr(mc, "k", 16), ratios=tuple(getattr(mc, "ratios", (4, 4, 4, 4))),
-                               means=tuple(getattr(mc, "means", ())), stds=tuple(getattr(mc, "stds", ())))
+                               means=tuple(getattr(mc, "means", ())), stds=tuple(getattr(mc, "stds", ())),
+                               voxel_size=getattr(mc, "voxel_size", 0.05),
+                               centre_offsets=getattr(mc, "centre_offsets", True))
         self.meta["preprocess"] = {"projection": cfg.data.projection, "max_points": cfg.data.max_points}
         augment = None
         if cfg.augment.get("enabled", True):
@@ -273,7 +275,7 @@ class _Run:
         if arch == "randlanet" and cfg.data.batch_size > 1 and cfg.data.max_points is None:
             raise ConfigError(f"{cfg.source}: RandLA-Net batches need equal-size crops: set data.max_points "
                               "(45056 in the paper) or data.batch_size=1")
-        adapter = RandLATask() if arch == "randlanet" else RangeTask(channels_last)
+        adapter = {"randlanet": RandLATask, "voxelunet": VoxelTask}.get(str(arch), lambda: RangeTask(channels_last))()
         return train, val, adapter
 
     def _copy_paste(self, progress: bool) -> Any:

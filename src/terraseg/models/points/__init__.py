@@ -6,7 +6,11 @@
 - :class:`SalsaNext` (range image, Cortinhal et al. 2020) with :func:`range_input`
   (normalised channels) and the RangeNet++-style kNN back-projection
   :func:`points_from_pixels`.
-- :func:`build_point_model` builds either from an architecture name and a width preset;
+- :class:`VoxelUNet` (sparse voxel U-Net: MinkUNet18/34, a real-time preset and xMUDA's
+  SparseConvNet U-Net) on the pure-PyTorch sparse convolutions of
+  :mod:`~terraseg.models.points.sparse_conv` (optional spconv backend), with the voxelisation
+  :func:`voxelize_scan` / :func:`collate_voxels` (every point keeps its voxel).
+- :func:`build_point_model` builds any of them from an architecture name and a width preset;
   :func:`predict_scan` labels every point of a scan in one network pass.
 
 >>> import numpy as np
@@ -24,6 +28,7 @@ from terraseg.models.points.predict import (
     RandLAPredictor,
     RangePredictor,
     ScanPrediction,
+    VoxelPredictor,
     predict_scan,
 )
 from terraseg.models.points.randla_data import collate_randla, inputs_to, level_sizes, randla_inputs
@@ -38,12 +43,24 @@ from terraseg.models.points.range_post import (
     points_from_pixels,
 )
 from terraseg.models.points.salsanext import SALSANEXT_PRESETS, SalsaNext, SalsaNextConfig
+from terraseg.models.points.sparse_conv import (
+    SparseTensor,
+    StridedConv3d,
+    SubmanifoldConv3d,
+    TransposedConv3d,
+    sparse_conv,
+    spconv_available,
+)
+from terraseg.models.points.voxelize import DEFAULT_VOXEL_SIZE, collate_voxels, voxelize, voxelize_scan
+from terraseg.models.points.voxelunet import VOXEL_PRESETS, VoxelUNet, VoxelUNetConfig
 
 __all__ = [
+    "DEFAULT_VOXEL_SIZE",
     "NORMALIZATIONS",
     "PRESETS",
     "RANDLA_PRESETS",
     "SALSANEXT_PRESETS",
+    "VOXEL_PRESETS",
     "SOURCE_FALLBACK",
     "SOURCE_NETWORK",
     "SOURCE_NONE",
@@ -58,9 +75,17 @@ __all__ = [
     "SalsaNext",
     "SalsaNextConfig",
     "ScanPrediction",
+    "SparseTensor",
+    "StridedConv3d",
+    "SubmanifoldConv3d",
+    "TransposedConv3d",
+    "VoxelPredictor",
+    "VoxelUNet",
+    "VoxelUNetConfig",
     "build_point_model",
     "canonical_arch",
     "collate_randla",
+    "collate_voxels",
     "inputs_to",
     "level_sizes",
     "normalization",
@@ -68,4 +93,8 @@ __all__ = [
     "predict_scan",
     "randla_inputs",
     "range_input",
+    "sparse_conv",
+    "spconv_available",
+    "voxelize",
+    "voxelize_scan",
 ]
