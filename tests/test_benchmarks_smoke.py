@@ -148,3 +148,24 @@ def test_bench_runtime_runs() -> None:
         done, total = r[-1].split("/")
         assert int(total) == 6 and 0 <= int(done) <= 6 and float(r[-2]) > 0  # every frame predicted or dropped
     assert "(goal >= 15 FPS)" in out and "(goal <= 100 ms)" in out
+
+
+def test_bench_voxel_runs() -> None:
+    out = _run("bench_voxel.py", "--repeats", "1", "--warmup", "0", "--threads", "1", "--synthetic", "--points", "8000",
+               "--models", "randlanet:default,voxelunet:small", "--train-models", "randlanet:small,voxelunet:small",
+               "--widths", "16")
+    header, rows = _table(out, "model")
+    assert header == ["model", "params", "pre", "net", "post", "total", "min", "cpu", "peak", "MB", "x", "randla"]
+    assert [r[0] for r in rows] == ["randlanet:default", "voxelunet:small"]
+    for r in rows:
+        pre, net, post, total, best, cpu = map(float, r[2:8])
+        assert net > 0 and 0 < best <= total and cpu >= 0 and pre + net + post <= total + 2
+    assert rows[0][-1] == "1.00" and float(rows[1][-1]) > 0  # RandLA-Net default is the reference
+    header, rows = _table(out, "C")
+    assert header == ["C", "in=out", "mm", "gemm", "mm", "1t", "spconv", "1t", "x", "spconv"]
+    assert rows[0][0] == "16" and float(rows[0][1]) > 0 and float(rows[0][2]) > 0
+    assert "kernel map (once per level" in out and "goal <= 2" in out
+    train = out[out.index("Training step"):]
+    header, rows = _table(train, "model")
+    assert header == ["model", "step", "min", "cpu", "x", "randla"]
+    assert [r[0] for r in rows] == ["randlanet:small", "voxelunet:small"] and rows[0][-1] == "1.00"
