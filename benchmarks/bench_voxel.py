@@ -30,6 +30,8 @@ Usage::
 
     python benchmarks/bench_voxel.py [--repeats 5] [--threads N] [--models voxelunet:small,...]
         [--widths 32,64,96] [--synthetic] [--points N] [--device cpu|cuda]
+
+A voxel U-Net entry may name its sparse-convolution backend: ``voxelunet:small@spconv``.
 """
 
 from __future__ import annotations
@@ -90,6 +92,16 @@ def timed(fn: Any, repeats: int, warmup: int, device: torch.device) -> tuple[lis
     return walls, cpus
 
 
+def build(spec: str, device: torch.device) -> Any:
+    """A random-weight model from ``arch:preset[@backend]`` (backend: voxel U-Net ``torch`` / ``spconv``)."""
+    name, _, backend = spec.partition("@")
+    arch, preset = name.split(":")
+    torch.manual_seed(0)
+    extra = {"backend": backend} if backend else {}
+    return build_point_model(arch, NUM_CLASSES, in_channels=4 if arch == "voxelunet" else 3, preset=preset,
+                             **extra).to(device)
+
+
 def one_thread(fn: Any) -> Any:
     def run() -> Any:
         n = torch.get_num_threads()
@@ -105,10 +117,8 @@ def one_thread(fn: Any) -> Any:
 def inference_table(pts: np.ndarray, models: list[str], args: argparse.Namespace, device: torch.device) -> None:
     rows = []
     for spec in models:
-        arch, preset = spec.split(":")
-        torch.manual_seed(0)
-        model = build_point_model(arch, NUM_CLASSES, in_channels=4 if arch == "voxelunet" else 3,
-                                  preset=preset).eval().to(device)
+        arch = spec.split(":")[0]
+        model = build(spec, device).eval()
         opts: dict[str, Any] = {"seed": 0} if arch == "randlanet" else {}
         last: dict[str, Any] = {}
 
@@ -230,9 +240,8 @@ def train_table(pts: np.ndarray, models: list[str], args: argparse.Namespace, de
     target = torch.from_numpy(np.random.default_rng(0).integers(0, NUM_CLASSES, len(valid))).to(device)
     rows = []
     for spec in models:
-        arch, preset = spec.split(":")
-        torch.manual_seed(0)
-        model = build_point_model(arch, NUM_CLASSES, preset=preset).train().to(device)
+        arch = spec.split(":")[0]
+        model = build(spec, device).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         if arch == "voxelunet":
             batch = inputs_to_device(voxelize([valid], model.config.voxel_size), device)
@@ -270,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed runs, median reported (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
-    ap.add_argument("--models", default=",".join(MODELS), help="inference table: comma-separated arch:preset")
+    ap.add_argument("--models", default=",".join(MODELS), help="inference table: comma-separated arch:preset, "
+                    "voxel U-Nets optionally @torch or @spconv (the backend)")
     ap.add_argument("--train-models", default=",".join(TRAIN_MODELS), help="training table: arch:preset list "
                     "(empty: skip)")
     ap.add_argument("--widths", default="16,32,64,96", help="convolution table: channel widths (empty: skip)")

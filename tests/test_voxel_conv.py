@@ -225,3 +225,52 @@ def test_spconv_backend_agrees_with_the_pure_one_forward() -> None:
     assert torch.equal(sp[2][order], pure[2])
     torch.testing.assert_close(sp[1][order], pure[1], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(sp[3], pure[3], rtol=1e-4, atol=1e-4)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@CUDA
+@pytest.mark.parametrize("method", ["mm", "gemm"])
+def test_cuda_convolutions_equal_the_cpu_ones(method: str) -> None:
+    """Kernel maps from torch.searchsorted on the GPU (the CPU uses a compiled merge walk), the same
+    values and gradients."""
+    coords = random_voxels(600, grid=(16, 15, 13), seed=8)
+    feats = torch.randn(len(coords), 6, dtype=torch.float64)
+    layers = [SubmanifoldConv3d(6, 7).double(), StridedConv3d(7, 8).double(), TransposedConv3d(8, 5).double()]
+
+    def run(device: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        f = feats.to(device).requires_grad_(True)
+        mods = [m.to(device) for m in layers]
+        x = SparseTensor.from_voxels(f, coords.to(device), method=method)
+        out = mods[2](mods[1](mods[0](x))).feats
+        grads = torch.autograd.grad(out, [f] + [m.weight for m in mods], torch.ones_like(out))
+        return out.cpu(), [g.cpu() for g in grads]
+
+    out_cpu, g_cpu = run("cpu")
+    out_gpu, g_gpu = run("cuda")
+    torch.testing.assert_close(out_gpu, out_cpu, rtol=1e-9, atol=1e-9)
+    for a, b in zip(g_gpu, g_cpu):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@CUDA
+@pytest.mark.skipif(not spconv_available(), reason="spconv is not installed")
+def test_spconv_backend_agrees_on_cuda_forward_and_backward() -> None:
+    torch.manual_seed(9)
+    coords = random_voxels(2000, grid=(30, 28, 12), seed=9).cuda()
+    feats = torch.randn(len(coords), 8, device="cuda")
+    layers = [SubmanifoldConv3d(8, 16).cuda(), StridedConv3d(16, 16).cuda(), SubmanifoldConv3d(16, 16).cuda(),
+              TransposedConv3d(16, 8).cuda()]
+
+    def run(backend: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        f = feats.clone().requires_grad_(True)
+        x = SparseTensor.from_voxels(f, coords, batch_size=2, backend=backend)
+        out = layers[3](layers[2](layers[1](layers[0](x)))).feats
+        grads = torch.autograd.grad(out, [f] + [m.weight for m in layers], torch.ones_like(out))
+        return out, list(grads)
+
+    pure, sp = run("torch"), run("spconv")
+    torch.testing.assert_close(sp[0], pure[0], rtol=1e-3, atol=1e-3)
+    for a, b in zip(sp[1], pure[1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-2)

@@ -298,3 +298,28 @@ def test_export_says_sparse_convolution_is_not_supported(tmp_path: Path) -> None
 
 def test_presets_table_lists_every_preset() -> None:
     assert set(VOXEL_PRESETS) == {"default", "minkunet18", "minkunet34", "small", "scn"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_training_step_in_bf16_and_prediction() -> None:
+    """A mixed-precision training step on the GPU (the backend ``auto`` picks spconv when it is
+    installed) and whole-scan prediction that agrees with the CPU."""
+    torch.manual_seed(5)
+    pts, labels = toy_scan(3000)
+    m = build_point_model("voxelunet", 3, preset="small", voxel_size=0.1).cuda()
+    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in voxelize([pts, pts], 0.1).items()}
+    target = torch.from_numpy(np.concatenate([labels, labels])).cuda()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(m(batch).float(), target)
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    m.eval()
+    gpu = predict_scan(m, pts)
+    m.backend = "torch"
+    cpu = predict_scan(m.cpu(), pts)
+    assert (gpu.labels == cpu.labels).mean() > 0.99
+    np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=1e-3)
