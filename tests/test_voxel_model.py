@@ -166,10 +166,13 @@ def test_forward_gives_per_point_logits_and_features() -> None:
     shuffled = {**batch, "coords": batch["coords"][perm], "feats": batch["feats"][perm], "inverse": rank[batch["inverse"]]}
     with torch.no_grad():
         torch.testing.assert_close(m(shuffled), logits)
-    # without "inverse" the outputs are per voxel
+    # without "inverse" the outputs are per voxel, in the order the voxels were given
     with torch.no_grad():
         per_voxel = m({k: v for k, v in batch.items() if k != "inverse"})
+        per_voxel_shuffled = m({k: v for k, v in shuffled.items() if k != "inverse"})
     assert per_voxel.shape == (len(batch["coords"]), 5)
+    torch.testing.assert_close(per_voxel_shuffled, per_voxel[perm])
+    torch.testing.assert_close(per_voxel[batch["inverse"]], logits)
 
 
 def test_eval_folds_batch_norm_into_the_convolutions() -> None:

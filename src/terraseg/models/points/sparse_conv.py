@@ -458,6 +458,8 @@ class SparseContext:
         method: ``mm`` or ``gemm`` (torch backend, see :func:`sparse_conv`).
         levels: stride -> (coords (M, 4), sorted keys (M,)).
         maps: cache key -> :class:`KernelMap`.
+        sorted_order: how :meth:`SparseTensor.from_voxels` permuted unsorted input voxels
+            (``sorted = given[sorted_order]``), None when they came sorted.
     """
 
     def __init__(self, batch_size: int, backend: str = "torch", method: Method = "mm") -> None:
@@ -468,6 +470,7 @@ class SparseContext:
         self.maps: dict[tuple[Any, ...], KernelMap] = {}
         self.spconv: dict[int, Any] = {}  # stride -> spconv.SparseConvTensor holding that level's indices
         self.spconv_indices: dict[str, Any] = {}  # spconv's shared indice_dict
+        self.sorted_order: Tensor | None = None
 
     def submanifold(self, stride: int, kernel_size: int) -> KernelMap:
         key = ("subm", stride, kernel_size)
@@ -531,7 +534,7 @@ class SparseTensor:
         bs = int(coords[:, 0].max()) + 1 if batch_size is None else int(batch_size)
         ctx = SparseContext(bs, backend, method)
         ctx.levels[1] = (coords, keys)
-        ctx.sorted_order = order  # type: ignore[attr-defined]
+        ctx.sorted_order = order
         return cls(feats, coords, 1, ctx)
 
     def replace(self, feats: Tensor) -> SparseTensor:

@@ -340,8 +340,9 @@ class VoxelUNet(nn.Module):
         return nn.Sequential(*(ResidualBlock(c_in if i == 0 else c_out, c_out) for i in range(n)))
 
     # ---------------------------------------------------------------------------- inputs
-    def sparse_input(self, batch: dict[str, Any]) -> tuple[SparseTensor, Tensor | None]:
-        """The base level of a voxel batch and the point -> voxel index in its (key-sorted) order."""
+    def sparse_input(self, batch: dict[str, Any]) -> SparseTensor:
+        """The base level (stride 1) of a voxel batch: its voxels sorted by key (the context's
+        ``sorted_order`` says how, when they were not)."""
         for key in ("coords", "feats"):
             if key not in batch:
                 raise DataError(f"voxel U-Net inputs: missing {key!r} (build them with voxelize / collate_voxels)")
@@ -356,20 +357,15 @@ class VoxelUNet(nn.Module):
                             f"{' + 3 centre offsets' if self.config.centre_offsets else ''})")
         backend = resolve_backend(self.backend, feats.device)
         bs = batch.get("batch_size")
-        x = SparseTensor.from_voxels(feats.float(), coords.to(feats.device), bs if isinstance(bs, int) else None,
-                                     backend, self.conv_method, source="voxel U-Net inputs")
-        inverse = batch.get("inverse")
-        order = x.context.sorted_order  # type: ignore[attr-defined]
-        if inverse is not None and order is not None:
-            rank = torch.empty_like(order)
-            rank[order] = torch.arange(len(order), device=order.device)
-            inverse = rank[inverse]
-        return x, inverse
+        return SparseTensor.from_voxels(feats.float(), coords.to(feats.device), bs if isinstance(bs, int) else None,
+                                        backend, self.conv_method, source="voxel U-Net inputs")
 
     # ---------------------------------------------------------------------------- network
     def voxel_features(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
-        """(features (M, feature_dim) of the voxels in key order, point -> voxel index or None)."""
-        x, inverse = self.sparse_input(batch)
+        """(features (M, feature_dim) of the batch's voxels in their given order, the batch's
+        point -> voxel index ``inverse`` or None)."""
+        x = self.sparse_input(batch)
+        order = x.context.sorted_order
         if self.input_norm is not None:
             x = x.replace(self.input_norm(x.feats))
         c = self.config
@@ -387,10 +383,13 @@ class VoxelUNet(nn.Module):
         else:
             x = self.unet(self.stem_conv(x))
             f = torch.relu(self.out_bn(x.feats))
-        return f, inverse
+        if order is not None:  # back to the order the voxels came in
+            f = torch.empty_like(f).index_copy_(0, order, f)
+        return f, batch.get("inverse")
 
     def forward_features(self, batch: dict[str, Any]) -> Tensor:
-        """Per-point features (N, feature_dim) before the classifier (per voxel without ``inverse``)."""
+        """Per-point features (N, feature_dim) before the classifier (per voxel, in the batch's
+        voxel order, when the batch has no ``inverse``)."""
         f, inverse = self.voxel_features(batch)
         return f if inverse is None else f.index_select(0, inverse)
 
@@ -399,7 +398,8 @@ class VoxelUNet(nn.Module):
         return self.head(self.dropout(features))
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
-        """Per-point logits (N, num_classes) float32 (per voxel when the batch has no ``inverse``)."""
+        """Per-point logits (N, num_classes) float32 (per voxel, in the batch's voxel order, when the
+        batch has no ``inverse``)."""
         f, inverse = self.voxel_features(batch)
         logits = self.classify(f)
         return logits if inverse is None else logits.index_select(0, inverse)
