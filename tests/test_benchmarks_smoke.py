@@ -180,3 +180,24 @@ def test_bench_active_runs() -> None:
     a, b = float(rows[1][-3]), float(rows[0][-3])
     low, high = max(a - 0.05, 0.0) / (b + 0.05), (a + 0.05) / max(b - 0.05, 1e-9)
     assert low - 0.01 <= float(rows[1][-1]) <= high + 0.01
+
+
+def test_bench_voxel_runs() -> None:
+    out = _run("bench_voxel.py", "--repeats", "1", "--warmup", "0", "--threads", "1", "--synthetic", "--points", "8000",
+               "--models", "randlanet:default,voxelunet:small", "--train-models", "randlanet:small,voxelunet:small",
+               "--widths", "16")
+    header, rows = _table(out, "model")
+    assert header == ["model", "params", "pre", "net", "post", "total", "min", "cpu", "peak", "MB", "x", "randla"]
+    assert [r[0] for r in rows] == ["randlanet:default", "voxelunet:small"]
+    for r in rows:
+        pre, net, post, total, best, cpu = map(float, r[2:8])
+        assert net > 0 and 0 < best <= total and cpu >= 0 and pre + net + post <= total + 2
+    assert rows[0][-1] == "1.00" and float(rows[1][-1]) > 0  # RandLA-Net default is the reference
+    header, rows = _table(out, "C")
+    assert header == ["C", "in=out", "mm", "gemm", "mm", "1t", "spconv", "1t", "x", "spconv"]
+    assert rows[0][0] == "16" and float(rows[0][1]) > 0 and float(rows[0][2]) > 0
+    assert "kernel map (once per level" in out and "goal <= 2" in out
+    train = out[out.index("Training step"):]
+    header, rows = _table(train, "model")
+    assert header == ["model", "step", "min", "cpu", "x", "randla"]
+    assert [r[0] for r in rows] == ["randlanet:small", "voxelunet:small"] and rows[0][-1] == "1.00"

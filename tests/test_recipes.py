@@ -53,6 +53,7 @@ REFERENCE_RECIPES = (
     "goose_upernet_convnext", "goose_mask2former", "rellis3d_images_deeplabv3plus", "carla_acfnet",
     "semantickitti_randlanet", "rellis3d_randlanet_scratch", "rellis3d_randlanet_finetune", "goose3d_randlanet",
     "rellis3d_salsanext", "semantickitti_salsanext",
+    "semantickitti_minkunet", "rellis3d_minkunet", "goose3d_minkunet",
 )
 COPY_PASTE_KEYS = {"classes", "num_rare", "p", "max_instances", "scale", "hflip", "blend", "use_instances",
                    "min_pixels", "max_per_class"}
@@ -152,6 +153,8 @@ def _check_point_recipe(cfg: TrainConfig, k: int) -> None:
     model = build_point_model(m.arch, k, in_channels=m.in_channels, preset=m.preset, **m.options)
     if m.arch == "randlanet":
         assert cfg.data.batch_size == 1 or cfg.data.max_points is not None
+    elif m.arch == "voxelunet":
+        assert model.config.in_channels == (m.in_channels or 4)
     else:
         if parse_organized(cfg.data.projection) is None:
             RangeProjection.preset(cfg.data.projection)

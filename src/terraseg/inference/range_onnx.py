@@ -455,6 +455,10 @@ def export_range_checkpoint_onnx(checkpoint: str | os.PathLike[str], path: str |
     from terraseg.inference.models import load_model, recorded_projection
 
     loaded = load_model(checkpoint)
+    if getattr(loaded.model, "arch", None) == "voxelunet":
+        raise ConfigError(f"{checkpoint}: ONNX export of sparse voxel convolution is not supported (ONNX has no "
+                          "sparse convolution operator and the kernel maps depend on each scan's voxels); run the "
+                          "voxel U-Net with terraseg predict or the runtime's PyTorch backend")
     if not isinstance(loaded.model, SalsaNext):
         why = ("RandLA-Net needs its neighbour hierarchy from the data pipeline" if loaded.arch == "randlanet" else
                f"{loaded.arch} is not a range network")

@@ -27,6 +27,7 @@ from terraseg.geometry.range_image import RangeProjection, from_organized, parse
 from terraseg.models.points.intensity import IntensitySpec, intensity_stats, normalize_intensity
 from terraseg.models.points.randla_data import collate_randla, randla_inputs
 from terraseg.models.points.range_data import range_input
+from terraseg.models.points.voxelize import DEFAULT_VOXEL_SIZE, collate_voxels, voxelize_scan
 from terraseg.ontology import Ontology
 
 IGNORE_INDEX = -1
@@ -183,13 +184,15 @@ class PointSampleSpec:
     """How scans become network inputs.
 
     Attributes:
-        arch: ``randlanet`` or ``salsanext``.
-        in_channels: network input channels.
+        arch: ``randlanet``, ``salsanext`` or ``voxelunet``.
+        in_channels: network input channels (voxel U-Net: point columns averaged per voxel).
         k, ratios: RandLA-Net neighbourhood size and sub-sampling ratios.
-        max_points: points per training sample (None: whole scans, batch size 1).
+        max_points: points per training sample (None: whole scans, batch size 1). The voxel
+            U-Net crops only scans with more points (its batches need no equal sizes).
         projection: range networks: a preset name, a RangeProjection, or ``organized:HxW``.
         means, stds: range-image normalisation.
         intensity_max: raw intensities (column 3) are divided by this (None: as stored).
+        voxel_size, centre_offsets: voxel U-Net voxelisation (metres; offset features).
     """
 
     arch: str
@@ -201,11 +204,14 @@ class PointSampleSpec:
     means: tuple[float, ...] = ()
     stds: tuple[float, ...] = ()
     intensity_max: float | None = None
+    voxel_size: float = DEFAULT_VOXEL_SIZE
+    centre_offsets: bool = True
 
 
 class ScanSamples(_EpochAware, torch.utils.data.Dataset):
-    """LiDAR samples for RandLA-Net (``randla_inputs`` dict + ``target`` (N,)) or a range network
-    (``{"range": (C, H, W), "target": (H, W), "point_row"/"point_col"/"point_target": (M,)}``).
+    """LiDAR samples for RandLA-Net (``randla_inputs`` dict + ``target`` (N,)), the voxel U-Net
+    (``voxelize_scan`` dict + ``target`` (N,)) or a range network (``{"range": (C, H, W),
+    "target": (H, W), "point_row"/"point_col"/"point_target": (M,)}``).
 
     ``augment(points, labels, rng) -> (points, labels, kept)`` is applied in training
     (:class:`~terraseg.training.point_augment.PointAugment`).
@@ -241,6 +247,14 @@ class ScanSamples(_EpochAware, torch.utils.data.Dataset):
             if self.train and s.max_points is not None:
                 pts, lab = spatial_crop(pts, lab, s.max_points, rng)
             sample = randla_inputs(pts[:, :3], pts[:, :s.in_channels], k=s.k, ratios=s.ratios, seed=rng,
+                                   source=str(f.source.get("points", f.frame_id)))
+            sample["target"] = torch.from_numpy(np.ascontiguousarray(lab))
+            sample["index"] = int(index)
+            return sample
+        if s.arch == "voxelunet":
+            if self.train and s.max_points is not None and len(pts) > s.max_points:
+                pts, lab = spatial_crop(pts, lab, s.max_points, rng)
+            sample = voxelize_scan(pts, s.voxel_size, s.in_channels, s.centre_offsets,
                                    source=str(f.source.get("points", f.frame_id)))
             sample["target"] = torch.from_numpy(np.ascontiguousarray(lab))
             sample["index"] = int(index)
@@ -285,15 +299,15 @@ def training_intensity(frames: FrameCache, intensity_max: float | None = None, m
 
 
 def collate_scans(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Batch scan samples: RandLA-Net inputs via ``collate_randla``; range images stacked, per-point
-    arrays kept as lists."""
+    """Batch scan samples: RandLA-Net inputs via ``collate_randla``, voxels via ``collate_voxels``;
+    range images stacked, per-point arrays kept as lists."""
     if "range" in samples[0]:
         return {"range": torch.stack([s["range"] for s in samples]),
                 "target": torch.stack([s["target"] for s in samples]),
                 "point_row": [s["point_row"] for s in samples], "point_col": [s["point_col"] for s in samples],
                 "point_target": [s["point_target"] for s in samples],
                 "index": torch.tensor([s["index"] for s in samples])}
-    batch = collate_randla(samples)
+    batch = collate_voxels(samples) if "coords" in samples[0] else collate_randla(samples)
     batch["index"] = torch.tensor([s["index"] for s in samples])
     return batch
 

@@ -317,7 +317,7 @@ class _Run:
 
     def _datasets(self, progress: bool) -> tuple[Any, Any, Any]:
         cfg = self.cfg
-        from terraseg.training.module import ImageTask, RandLATask, RangeTask
+        from terraseg.training.module import ImageTask, RandLATask, RangeTask, VoxelTask
 
         channels_last = _channels_last(cfg)
         if cfg.task == "image":
@@ -352,7 +352,9 @@ class _Run:
                                projection=cfg.data.projection,
                                k=getattr(mc, "k", 16), ratios=tuple(getattr(mc, "ratios", (4, 4, 4, 4))),
                                means=tuple(getattr(mc, "means", ())), stds=tuple(getattr(mc, "stds", ())),
-                               intensity_max=cfg.data.intensity_max)
+                               intensity_max=cfg.data.intensity_max,
+                               voxel_size=getattr(mc, "voxel_size", 0.05),
+                               centre_offsets=getattr(mc, "centre_offsets", True))
         self.meta["preprocess"] = {"projection": cfg.data.projection, "max_points": cfg.data.max_points,
                                    "intensity": training_intensity(self.train_frames, cfg.data.intensity_max).to_meta()}
         if cfg.eval.tta:  # LiDAR TTA of terraseg eval with this recipe: validated now
@@ -369,7 +371,7 @@ class _Run:
         if arch == "randlanet" and cfg.data.batch_size > 1 and cfg.data.max_points is None:
             raise ConfigError(f"{cfg.source}: RandLA-Net batches need equal-size crops: set data.max_points "
                               "(45056 in the paper) or data.batch_size=1")
-        adapter = RandLATask() if arch == "randlanet" else RangeTask(channels_last)
+        adapter = {"randlanet": RandLATask, "voxelunet": VoxelTask}.get(str(arch), lambda: RangeTask(channels_last))()
         return train, val, adapter
 
     def _copy_paste(self, progress: bool) -> Any:

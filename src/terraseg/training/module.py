@@ -6,6 +6,8 @@ batch of its kind goes through the network:
 - :class:`ImageTask`: ``{"image", "target"}`` batches; aux heads weighted by ``aux_weight``;
   validation optionally with sliding windows / TTA (``eval.window``, ``eval.tta``).
 - :class:`RandLATask`: RandLA-Net input dicts with per-point ``target``.
+- :class:`VoxelTask`: voxel batches (:func:`~terraseg.models.points.voxelize.collate_voxels`) with
+  per-point ``target``; the loss and the metrics see every point (its voxel's logits).
 - :class:`RangeTask`: range images; the loss is per pixel, validation scores every point with a
   pixel (each point reads its pixel's prediction).
 
@@ -85,6 +87,18 @@ class RandLATask(TaskAdapter):
 
     def val_pairs(self, model, batch):  # type: ignore[no-untyped-def]
         pred = model(batch).argmax(-1)
+        t = batch["target"]
+        ok = t != IGNORE_INDEX
+        return pred[ok], t[ok]
+
+
+class VoxelTask(TaskAdapter):
+    def train_outputs(self, model, batch):  # type: ignore[no-untyped-def]
+        logits = model(batch)  # (N, C) for the batch's N points
+        return logits.t().unsqueeze(0), None, batch["target"].unsqueeze(0)
+
+    def val_pairs(self, model, batch):  # type: ignore[no-untyped-def]
+        pred = class_ids(model(batch), dim=-1)
         t = batch["target"]
         ok = t != IGNORE_INDEX
         return pred[ok], t[ok]

@@ -13,10 +13,17 @@ arch           preset     widths                                              pa
 ``salsanext``  tiny       base 8, 1 context block                             0.42 M
 ``salsanext``  rt         small on a 4x width-folded image (real-time CPU)    1.67 M
 ``salsanext``  rt-tiny    tiny on a 4x width-folded image                     0.42 M
+``voxelunet``  default    = minkunet18                                        21.7 M
+``voxelunet``  minkunet18 residual, cs 32-32-64-128-256-256-128-96-96, 2 blocks 21.7 M
+``voxelunet``  minkunet34 same widths, blocks 2-3-4-6 / 2-2-2-2                  37.9 M
+``voxelunet``  small      half widths (16 ... 128 ... 48), 1 block per stage      2.90 M
+``voxelunet``  scn        xMUDA's UNetSCN: 7 levels of 16-32-...-112, plain       2.69 M
 =============  =========  ==================================================  ==========
 
 (parameter counts for 20 classes and the default input channels; the paper reports 1.24 M
-for RandLA-Net and 6.7 M for SalsaNext).
+for RandLA-Net and 6.7 M for SalsaNext, SPVNAS 21.7 M for its MinkUNet). ``voxelunet`` is the
+sparse voxel U-Net of :mod:`terraseg.models.points.voxelunet`; ``minkunet``, ``spunet`` and
+``sparseunet`` are aliases.
 """
 
 from __future__ import annotations
@@ -27,14 +34,21 @@ from terraseg.errors import ConfigError
 from terraseg.models.points.randlanet import RANDLA_PRESETS, RandLANet, RandLANetConfig
 from terraseg.models.points.range_data import NORMALIZATIONS, normalization
 from terraseg.models.points.salsanext import SALSANEXT_PRESETS, SalsaNext, SalsaNextConfig
+from terraseg.models.points.voxelunet import VOXEL_PRESETS, VoxelUNet, VoxelUNetConfig
 
-PointModel = RandLANet | SalsaNext
+PointModel = RandLANet | SalsaNext | VoxelUNet
 
 _ALIASES = {"randlanet": "randlanet", "randla-net": "randlanet", "randla": "randlanet",
-            "salsanext": "salsanext", "salsa-next": "salsanext"}
-DEFAULT_IN_CHANNELS = {"randlanet": 3, "salsanext": 5}
+            "salsanext": "salsanext", "salsa-next": "salsanext",
+            "voxelunet": "voxelunet", "voxel-unet": "voxelunet", "minkunet": "voxelunet", "mink-unet": "voxelunet",
+            "spunet": "voxelunet", "sparseunet": "voxelunet", "sparse-unet": "voxelunet"}
+DEFAULT_IN_CHANNELS = {"randlanet": 3, "salsanext": 5, "voxelunet": 4}
 
-PRESETS: dict[str, dict[str, dict[str, object]]] = {"randlanet": RANDLA_PRESETS, "salsanext": SALSANEXT_PRESETS}
+PRESETS: dict[str, dict[str, dict[str, object]]] = {"randlanet": RANDLA_PRESETS, "salsanext": SALSANEXT_PRESETS,
+                                                    "voxelunet": VOXEL_PRESETS}
+
+RUNTIME_OPTIONS = {"voxelunet": ("backend", "conv_method")}
+"""Build options that are not part of the saved config (a run-time choice)."""
 
 
 def is_point_arch(arch: object) -> bool:
@@ -44,10 +58,11 @@ def is_point_arch(arch: object) -> bool:
 
 
 def canonical_arch(arch: str) -> str:
-    """The canonical name of an architecture (``randlanet`` or ``salsanext``)."""
+    """The canonical name of an architecture (``randlanet``, ``salsanext`` or ``voxelunet``)."""
     key = arch.lower().replace("_", "-")
     if key not in _ALIASES:
-        raise ConfigError(f"unknown point-model architecture {arch!r} (known: randlanet, salsanext)")
+        raise ConfigError(f"unknown point-model architecture {arch!r} (known: randlanet, salsanext, "
+                          "voxelunet / minkunet / spunet)")
     return _ALIASES[key]
 
 
@@ -56,21 +71,26 @@ def build_point_model(arch: str, num_classes: int, in_channels: int | None = Non
     """A freshly initialised LiDAR segmentation network.
 
     Args:
-        arch: ``"randlanet"`` (point-based) or ``"salsanext"`` (range image).
+        arch: ``"randlanet"`` (point-based), ``"salsanext"`` (range image) or ``"voxelunet"``
+            (sparse voxel U-Net; aliases ``minkunet``, ``spunet``).
         num_classes: output classes.
-        in_channels: input features; default 3 (x, y, z) for RandLA-Net and 5 (range, x, y, z,
-            intensity) for SalsaNext.
+        in_channels: input features; default 3 (x, y, z) for RandLA-Net, 5 (range, x, y, z,
+            intensity) for SalsaNext, 4 point columns (x, y, z, intensity) for the voxel U-Net.
         preset: a width preset of the architecture (see the module table), or ``"custom"``
             (the config defaults, changed by ``overrides``).
-        overrides: further config fields (:class:`RandLANetConfig` or :class:`SalsaNextConfig`).
-            For SalsaNext, ``normalization="rellis3d"`` (or ``"semantickitti"``, ``"none"``)
-            selects published input statistics unless ``means`` / ``stds`` are given.
+        overrides: further config fields (:class:`RandLANetConfig`, :class:`SalsaNextConfig` or
+            :class:`VoxelUNetConfig`, e.g. ``voxel_size=0.1``). For SalsaNext,
+            ``normalization="rellis3d"`` (or ``"semantickitti"``, ``"none"``) selects published
+            input statistics unless ``means`` / ``stds`` are given. For the voxel U-Net,
+            ``backend`` (``auto``, ``torch``, ``spconv``) and ``conv_method`` (``mm``, ``gemm``)
+            choose how its sparse convolutions run (not stored in checkpoints).
 
     Returns:
-        A :class:`RandLANet` or :class:`SalsaNext` in training mode, on the CPU;
-        ``build_point_model(**model.spec)`` rebuilds it.
+        A :class:`RandLANet`, :class:`SalsaNext` or :class:`VoxelUNet` in training mode, on the
+        CPU; ``build_point_model(**model.spec)`` rebuilds it.
     """
     name = canonical_arch(arch)
+    runtime = {k: overrides.pop(k) for k in RUNTIME_OPTIONS.get(name, ()) if k in overrides}
     presets = PRESETS[name]
     if preset not in presets and preset != "custom":
         raise ConfigError(f"unknown {name} preset {preset!r} (known: {', '.join(presets)}, or custom)")
@@ -82,6 +102,8 @@ def build_point_model(arch: str, num_classes: int, in_channels: int | None = Non
     try:
         if name == "randlanet":
             return RandLANet(RandLANetConfig(**fields))
+        if name == "voxelunet":
+            return VoxelUNet(VoxelUNetConfig(**fields), **runtime)
         norm = str(fields.get("normalization", "semantickitti"))
         means, stds = normalization(norm) if norm != "custom" else NORMALIZATIONS["semantickitti"]
         fields.setdefault("means", means)

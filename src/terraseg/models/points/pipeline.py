@@ -29,7 +29,7 @@ from torch import nn
 
 from terraseg.errors import ConfigError, DataError
 from terraseg.models.points.intensity import IntensitySpec, intensity_mismatch, normalize_intensity
-from terraseg.models.points.predict import RandLAPredictor, RangePredictor, ScanPrediction
+from terraseg.models.points.predict import RandLAPredictor, RangePredictor, ScanPrediction, VoxelPredictor
 from terraseg.models.points.tta import ScanFn, ScanTTAConfig, check_tta_support, predict_views
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 POINT_PREDICTORS: dict[str, type] = {
     "randlanet": RandLAPredictor,
     "salsanext": RangePredictor,
+    "voxelunet": VoxelPredictor,
 }
 """Whole-scan predictor class of each point architecture (``model.arch``). A predictor is
 constructed as ``cls(model, **options)`` and called as ``predictor(points) -> ScanPrediction``;

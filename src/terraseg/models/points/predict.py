@@ -8,6 +8,9 @@
   any cloud, or the sensor's own layout for organised scans such as the RELLIS-3D Ouster
   ``.bin`` files), the range network labels the pixels in one pass, and
   :func:`~terraseg.models.points.range_post.points_from_pixels` labels every point from them.
+- :class:`VoxelPredictor`: the points with a return are voxelised
+  (:func:`~terraseg.models.points.voxelize.voxelize_scan`), the sparse voxel U-Net labels every
+  voxel in one pass, and every point reads its voxel's label and probabilities.
 - :func:`predict_scan` / :func:`~terraseg.models.points.pipeline.point_predictor` pick the
   predictor of a model from one table (:data:`~terraseg.models.points.pipeline.POINT_PREDICTORS`)
   and add what every model shares: intensity scaling and its check, and test-time augmentation
@@ -48,6 +51,8 @@ from terraseg.models.points.randlanet import RandLANet
 from terraseg.models.points.range_data import range_input
 from terraseg.models.points.range_post import SOURCE_NETWORK, SOURCE_NONE, KNNPost, points_from_pixels
 from terraseg.models.points.salsanext import SalsaNext
+from terraseg.models.points.voxelize import collate_voxels, inputs_to_device, voxelize_scan
+from terraseg.models.points.voxelunet import VoxelUNet
 
 DEFAULT_MIN_RANGE = 1e-3
 """Points nearer than this (metres) count as no return."""
@@ -336,6 +341,67 @@ class RangePredictor:
         t2 = time.perf_counter()
         labels, probs, source = points_from_pixels(image, pixel_labels, pixel_probs, arr[:, :3], valid, self.post,
                                                    self.fill)
+        t3 = time.perf_counter()
+        return ScanPrediction(labels, probs, source, {"preprocess": t1 - t0, "network": t2 - t1, "postprocess": t3 - t2})
+
+
+@dataclass
+class VoxelPredictor:
+    """Whole-scan inference with the sparse voxel U-Net: one pass over every voxel of the scan.
+
+    Attributes:
+        model: the network; its config gives the voxel size, the point columns averaged into
+            the voxel features (x, y, z[, intensity, ...]) and the centre offsets.
+        fill: label of points without a return (zero or non-finite coordinates).
+        device: where to run (default: the model's device).
+        source: name of the scan in error messages.
+        probabilities: compute per-point class probabilities (softmax per voxel). False: labels
+            only (``ScanPrediction.probabilities`` is None).
+    """
+
+    model: VoxelUNet
+    fill: int = 0
+    device: torch.device | str | None = None
+    source: str = "points"
+    probabilities: bool = True
+
+    def __call__(self, points: np.ndarray) -> ScanPrediction:
+        cfg = self.model.config
+        t0 = time.perf_counter()
+        arr, valid = _points(points, self.source)
+        if arr.shape[1] < cfg.in_channels:
+            raise DataError(f"{self.source}: the model uses {cfg.in_channels} input channels but the points have "
+                            f"only {arr.shape[1]} columns")
+        idx = np.flatnonzero(valid)
+        if len(idx) == 0:
+            raise DataError(f"{self.source}: no points with a return (the scan is empty, or every point is zero "
+                            "or non-finite)")
+        vox = voxelize_scan(arr[idx], cfg.voxel_size, cfg.in_channels, cfg.centre_offsets, self.source)
+        batch = collate_voxels([vox])
+        t1 = time.perf_counter()
+        device = _model_device(self.model, self.device)
+        with _EvalMode(self.model), torch.inference_mode():
+            feats, inverse = self.model.voxel_features(inputs_to_device(batch, device))
+            logits = self.model.classify(feats).float()  # per voxel: the points read their voxel's row
+            assert inverse is not None
+            if self.probabilities:
+                prob_v = torch.softmax(logits, dim=-1)
+                lab_v = prob_v.max(dim=-1).indices
+                prob = prob_v.index_select(0, inverse).cpu().numpy()
+            else:
+                lab_v, prob = logits.max(dim=-1).indices, None
+            lab = lab_v.index_select(0, inverse).cpu().numpy()
+        _sync(device)
+        t2 = time.perf_counter()
+        n = len(arr)
+        labels = np.full(n, self.fill, dtype=np.int64)
+        labels[idx] = lab
+        probs = None
+        if prob is not None:
+            probs = np.zeros((n, cfg.num_classes), dtype=np.float32)
+            probs[idx] = prob
+        source = np.zeros(n, dtype=np.uint8)
+        source[idx] = SOURCE_NETWORK
         t3 = time.perf_counter()
         return ScanPrediction(labels, probs, source, {"preprocess": t1 - t0, "network": t2 - t1, "postprocess": t3 - t2})
 
