@@ -366,7 +366,23 @@ class RandLANet(nn.Module):
             raise DataError(f"RandLA-Net inputs: {nb.shape[-1]} neighbours per point, the model was configured "
                             f"with k={self.config.k}")
 
+    @property
+    def feature_dim(self) -> int:
+        """Width of :meth:`forward_features` (the second head MLP, 32 by default)."""
+        return int(self.config.head_channels[1])
+
     def forward(self, inputs: dict[str, object]) -> Tensor:
+        """Logits (B, N, num_classes) of the level-0 points (see the class docstring)."""
+        return self.classify(self.forward_features(inputs))
+
+    def classify(self, features: Tensor) -> Tensor:
+        """The classifier (dropout, linear): features (..., feature_dim) -> logits (..., num_classes)."""
+        return self.head[3](self.head[2](features))
+
+    def forward_features(self, inputs: dict[str, object]) -> Tensor:
+        """Per-point features (B, N, feature_dim) before the classifier: the network up to the
+        head's two MLPs (what :meth:`classify` reads; heads of other models, such as the
+        cross-modal ones of :mod:`terraseg.models.fusion`, can read them too)."""
         self._check(inputs)
         feats: Tensor = inputs["features"]  # type: ignore[assignment]
         xyz: list[Tensor] = list(inputs["xyz"])  # type: ignore[call-overload]
@@ -388,4 +404,4 @@ class RandLANet(nn.Module):
         for j, dec in enumerate(self.decoder):
             lvl = len(self.encoder) - 1 - j
             x = dec(torch.cat([skips[lvl], gather(x, ups[lvl])], dim=-1))
-        return self.head(x)
+        return self.head[1](self.head[0](x))
