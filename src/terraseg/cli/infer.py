@@ -27,6 +27,31 @@ def _checkpoint_and_recipe(model: Path) -> tuple[Path, dict[str, Any]]:
     return model, {}
 
 
+def _data_options(items: list[str] | None, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Reader options from ``KEY=VALUE`` items (values parsed as YAML) over ``base``."""
+    import yaml
+
+    from terraseg.errors import ConfigError
+
+    opts = dict(base or {})
+    for item in items or []:
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--data-option {item!r}: expected KEY=VALUE, e.g. ontology=sim")
+        try:
+            opts[key] = yaml.safe_load(val) if val.strip() else val
+        except yaml.YAMLError:
+            opts[key] = val
+    return opts
+
+
+def _fusion_predictor(ckpt: Path, device: str | None, calib: Path | None) -> Any:
+    from terraseg.io.calib import read_calib_yaml
+    from terraseg.models.fusion import FusionPredictor
+
+    return FusionPredictor.from_checkpoint(ckpt, device=device, calib=read_calib_yaml(calib) if calib else None)
+
+
 def _window(mode: str, crop: str | None, stride: str | None) -> Any:
     from terraseg.errors import ConfigError
     from terraseg.inference.image import WindowConfig
@@ -60,12 +85,13 @@ def eval_cmd(
     out: Annotated[Path | None, typer.Option(help="Report folder (default: <checkpoint folder>/../eval-<split>).")] = None,
     name: Annotated[str, typer.Option(help="Model name in the report tables.")] = "model",
     data_option: Annotated[list[str] | None, typer.Option(help="Dataset reader option KEY=VALUE (repeatable), e.g. ontology=sim.")] = None,
+    calib: Annotated[Path | None, typer.Option(help="Cross-modal models: a calib.yaml used for every frame instead of the dataset's.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table.")] = False,
 ) -> None:
-    """Evaluate a trained camera or LiDAR model on a dataset split and write reports.
+    """Evaluate a trained camera, LiDAR or cross-modal model on a dataset split and write reports.
 
-    Camera models: whole-image or sliding-window inference with optional TTA. LiDAR models: every point labelled (one pass; --regular for RandLA-Net crops as in Open3D-ML). Writes report.md, per_class.md/.csv (classes as rows), per_class_columns.md (classes as columns, like published tables), metrics.json, per_frame.csv, confusion.npz/.png.
+    Camera models: whole-image or sliding-window inference with optional TTA. LiDAR models: every point labelled (one pass; --regular for RandLA-Net crops as in Open3D-ML). Cross-modal (fusion) models: the points in the camera's view, scored for 2D, 3D and 2D+3D (reports of 2D+3D at the top, 2d/ and 3d/ below, modalities.md side by side). Writes report.md, per_class.md/.csv (classes as rows), per_class_columns.md (classes as columns, like published tables), metrics.json, per_frame.csv, confusion.npz/.png.
 
     Example: terraseg eval runs/goose-upernet/checkpoints/best.pth --data data/goose --split val --preset goose-challenge --tta "scales=0.75,1,1.25,1.5 flip=true"
     """
@@ -88,16 +114,27 @@ def eval_cmd(
     onto = loaded.ontology
     if onto is None:
         raise ConfigError(f"{ckpt}: the checkpoint does not say its label ontology")
-    opts = dict(rdata.get("options") or {})
-    for item in data_option or []:
-        key, sep, val = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--data-option {item!r}: expected KEY=VALUE, e.g. ontology=sim")
-        opts[key] = val
+    opts = _data_options(data_option, rdata.get("options"))
     frames = open_dataset(root, kind=kind or rdata.get("kind") or "auto", split=split_name,
                           remap=rdata.get("remap"), **opts)
     preset_name = preset or (recipe.get("eval") or {}).get("preset")
     pre = get_preset(preset_name, onto) if preset_name else default_preset(onto)
+    if loaded.task == "fusion":
+        from terraseg.inference.fusion import evaluate_fusion, modality_table, write_fusion_reports
+
+        fev = evaluate_fusion(_fusion_predictor(ckpt, device, calib), frames, pre, progress=not quiet)
+        out_dir = out or ckpt.parent.parent / f"eval-{split_name}"
+        write_fusion_reports(fev, out_dir, title=f"{name} on {root} ({split_name})", model_name=name)
+        if not quiet:
+            _print_result(fev.results["2d+3d"].result)
+        console.print(f"evaluated {fev.frames} frame(s) of {root} ({split_name}) with {ckpt}; "
+                      f"{fev.points_in_view} of {fev.points_total} points in the camera's view; "
+                      f"{1000 * fev.seconds:.0f} ms per frame", highlight=False)
+        for mod, sc in modality_table(fev).items():
+            console.print(f"  {mod:<6} mIoU {sc['mIoU']:6.2f}  mAcc {sc['mAcc']:6.2f}  aAcc {sc['aAcc']:6.2f}",
+                          highlight=False)
+        console.print(f"reports written to {out_dir} (2D+3D; 2d/, 3d/, modalities.md)", highlight=False)
+        return
     if loaded.task == "image":
         from terraseg.inference.image import ImagePredictor
 
@@ -143,12 +180,17 @@ def predict_cmd(
     regular: Annotated[bool, typer.Option(help="RandLA-Net: Open3D-ML-compatible regular crops.")] = False,
     projection: Annotated[str | None, typer.Option(help="Range networks: projection preset or organized:HxW.")] = None,
     ply: Annotated[bool, typer.Option(help="Scans: also write coloured PLY files.")] = True,
+    kind: Annotated[str | None, typer.Option(help="Cross-modal models: dataset kind of INPUTS (default: the recipe's, or auto).")] = None,
+    split: Annotated[str, typer.Option(help="Cross-modal models: split of the dataset INPUTS.")] = "all",
+    data_option: Annotated[list[str] | None, typer.Option(help="Cross-modal models: reader option KEY=VALUE (repeatable).")] = None,
+    calib: Annotated[Path | None, typer.Option(help="Cross-modal models: a calib.yaml used for every frame instead of the dataset's.")] = None,
+    fill: Annotated[int | None, typer.Option(help="Cross-modal models: label written for points outside the camera's view (default: the ontology's first ignored id, else 0).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Predict labels for images, videos or LiDAR scans and write them to --out.
+    """Predict labels for images, videos, LiDAR scans or paired camera + LiDAR frames and write them to --out.
 
-    Images / videos: OUT/ids/<stem>.png (class ids), OUT/color/<stem>.png, OUT/overlay/<stem>.jpg; --submission goose also writes OUT/submission_goose.zip (see docs/inference.md for the layout). Scans: OUT/labels/<stem>.label (SemanticKITTI layout) and OUT/ply/<stem>.ply.
+    Images / videos: OUT/ids/<stem>.png (class ids), OUT/color/<stem>.png, OUT/overlay/<stem>.jpg; --submission goose also writes OUT/submission_goose.zip (see docs/inference.md for the layout). Scans: OUT/labels/<stem>.label (SemanticKITTI layout) and OUT/ply/<stem>.ply. Cross-modal (fusion) checkpoints read a paired dataset folder and write OUT/labels/<frame>.label (2D+3D; --fill outside the camera's view), OUT/labels_2d/, OUT/labels_3d/, OUT/in_view/<frame>.npy, OUT/overlay/<frame>.jpg and OUT/ply/.
 
     Example: terraseg predict runs/sim-litefpn/checkpoints/best.pth demo-output/sim/camera/images/test --out preds/
     """
@@ -170,6 +212,10 @@ def predict_cmd(
 
         loaded = load_model(ckpt, device=device)
         task = loaded.task
+        if task == "fusion":
+            _predict_fusion(ckpt, loaded, inputs, out, kind, split, data_option, calib, fill, ply, overlay, device,
+                            quiet)
+            return
         if task == "image":
             from terraseg.inference.image import ImagePredictor
 
@@ -211,6 +257,41 @@ def predict_cmd(
     console.print(f"predicted {n} scan(s) into {out} (labels/{', ply/' if ply else ''})", highlight=False)
 
 
+def _predict_fusion(ckpt: Path, loaded: Any, inputs: Path, out: Path, kind: str | None, split: str,
+                    data_option: list[str] | None, calib: Path | None, fill: int | None, ply: bool, overlay: bool,
+                    device: str | None, quiet: bool) -> None:
+    """``terraseg predict`` for a cross-modal checkpoint: a paired dataset folder in, labels out."""
+    from terraseg.datasets import open_dataset
+    from terraseg.errors import ConfigError
+    from terraseg.inference.fusion import write_fusion_prediction
+    from terraseg.progress import ProgressBar
+
+    onto = loaded.ontology
+    if onto is None:
+        raise ConfigError(f"{ckpt}: the model does not say its label ontology (needed for colours and ids)")
+    rdata = (loaded.recipe.get("data") or {})
+    if not inputs.is_dir():
+        raise ConfigError(f"{inputs}: a cross-modal model predicts paired camera + LiDAR frames: give a dataset "
+                          "folder (e.g. the output of terraseg sim, or a RELLIS-3D root with --data-option images=true)")
+    frames = open_dataset(inputs, kind=kind or rdata.get("kind") or "auto", split=split, remap=rdata.get("remap"),
+                          **_data_options(data_option, rdata.get("options")))
+    fill_id = fill if fill is not None else (min(onto.ignore_ids) if onto.ignore_ids else 0)
+    predictor = _fusion_predictor(ckpt, device, calib)
+    n = n_view = n_all = 0
+    with ProgressBar(len(frames), "predicting frames", enabled=not quiet) as bar:
+        for i in range(len(frames)):
+            f = frames[i]
+            pred = predictor.predict(f)
+            write_fusion_prediction(out, f, pred, onto, fill=fill_id, ply=ply, overlay=overlay)
+            n += 1
+            n_view += len(pred.index)
+            n_all += pred.num_points
+            bar.advance()
+    console.print(f"predicted {n} frame(s) into {out} (labels/ = 2D+3D, labels_2d/, labels_3d/, in_view/"
+                  f"{', overlay/' if overlay else ''}{', ply/' if ply else ''}); {n_view} of {n_all} points in the "
+                  f"camera's view, the others labelled {fill_id}", highlight=False)
+
+
 @app.command("export")
 @user_errors
 def export_cmd(
@@ -233,6 +314,11 @@ def export_cmd(
     ckpt, _ = _checkpoint_and_recipe(model)
     hw = _parse_size(size, "--size") if size else None
     loaded = load_model(ckpt)
+    if loaded.task == "fusion":
+        from terraseg.errors import ConfigError
+
+        raise ConfigError(f"{ckpt}: ONNX export of cross-modal (fusion) models is not supported; export a camera or "
+                          "LiDAR model")
     if loaded.task == "image":
         from terraseg.inference.onnx_export import export_checkpoint_onnx
 

@@ -23,7 +23,7 @@ class LoadedModel:
 
     Attributes:
         model: the network in eval mode on ``device``.
-        task: ``image`` or ``points``.
+        task: ``image``, ``points`` or ``fusion`` (a cross-modal camera + LiDAR model).
         ontology: the label ontology of its outputs (None if the checkpoint does not say).
         meta: the checkpoint's metadata (training recipe, preprocessing, validation scores).
         path: the checkpoint file.
@@ -55,13 +55,18 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device | Non
         raise DataError(f"{path}: not a terraseg model checkpoint (no model spec); train with `terraseg train` "
                         "or save with terraseg.models.save_checkpoint")
     arch = str(spec.pop("arch"))
-    if arch in POINT_ARCHS:
+    if arch == "fusion":
+        from terraseg.models.fusion import fusion_model_from_spec
+
+        model: nn.Module = fusion_model_from_spec(ck.spec, ck.ontology)
+        task = "fusion"
+    elif arch in POINT_ARCHS:
         from terraseg.models.points import PRESETS, build_point_model
 
         num_classes = int(spec.pop("num_classes"))
         in_channels = spec.pop("in_channels", None)
         preset = str(spec.pop("preset", "custom"))
-        model: nn.Module = build_point_model(arch, num_classes, in_channels=in_channels,
+        model = build_point_model(arch, num_classes, in_channels=in_channels,
                                              preset=preset if preset in PRESETS[arch] else "custom", **spec)
         task = "points"
     else:

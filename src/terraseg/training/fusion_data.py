@@ -1,0 +1,179 @@
+"""Training samples for cross-modal models: a camera image and the scan points it sees, paired.
+
+One sample of frame ``i`` (:class:`FusionSamples`)::
+
+    image    (3, h, w) float32   the augmented, normalised image (ImageTransform: resize, crop, flip,
+                                 photometric distortion)
+    uv       (M, 2) float32      network-input pixel coordinates (u, v) of the M points kept
+    target   (M,) int64          the points' labels (ontology ids; IGNORE_INDEX where unlabelled)
+    valid    (M,) bool           False for repeated padding points (RandLA-Net size constraints)
+    points3d dict                the 3D network's input built from the same M points, same order
+    index    int
+
+How the M points are chosen: the frame's points are projected into its image with its
+calibration (:func:`terraseg.models.fusion.frame_view`), the image goes through the augmentation
+with its :class:`~terraseg.geometry.pixel_map.PixelMap`, so every in-view point's pixel follows
+the resize, crop and flip; points whose pixel leaves the crop are dropped (as xMUDA does; up to 10
+crops are drawn until one keeps ``min_points``). Point augmentation (rotation, scaling, jitter,
+dropout) then changes the 3D network's coordinates only: the pixel of each point was fixed
+before. In training, ``max_points`` caps the points per sample (a uniform random subset) and,
+for RandLA-Net (whose batches need equal sizes), pads smaller samples with repeats marked
+``valid = False``.
+
+With a target dataset, each sample also holds ``target_domain``: the same fields for a target
+frame drawn by the sample's generator, without labels. Every random draw comes from
+``numpy.random.default_rng((seed, epoch, index))`` (see :mod:`terraseg.training.data`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from terraseg.errors import DataError
+from terraseg.frame import Frame
+from terraseg.models.fusion.backbone3d import PointInputSpec
+from terraseg.models.fusion.view import frame_view, frame_where
+from terraseg.ontology import Ontology
+from terraseg.training.augment import ImageTransform
+from terraseg.training.data import IGNORE_INDEX, FrameCache, _EpochAware, check_ids
+
+CROP_TRIES = 10
+
+
+class FusionSamples(_EpochAware, torch.utils.data.Dataset):
+    """Paired camera + LiDAR samples (see the module docstring).
+
+    Args:
+        frames: frames with ``image``, ``points``, ``calib`` and (``labelled``) ``point_labels``.
+        ontology: the label ontology of the point labels.
+        transform: the image transform (train: random; eval: deterministic).
+        point_spec: how points become the 3D network's input.
+        train: training mode (crops, point augmentation, ``max_points``).
+        point_augment: ``augment(points, labels, rng) -> (points, labels, kept)`` (training).
+        max_points: points per training sample (None: every kept point).
+        min_points: in-view points a training crop should keep.
+        near: minimum camera depth (metres) of in-view points.
+        target_frames: optional unlabelled target-domain frames (domain adaptation).
+        labelled: the frames carry labels (False: every target is IGNORE_INDEX).
+        seed: base seed of the per-sample generators.
+    """
+
+    def __init__(self, frames: FrameCache | Sequence[Frame], ontology: Ontology, transform: ImageTransform,
+                 point_spec: PointInputSpec, train: bool, point_augment: Callable[..., Any] | None = None,
+                 max_points: int | None = None, min_points: int = 100, near: float = 0.1,
+                 target_frames: FrameCache | Sequence[Frame] | None = None, labelled: bool = True,
+                 seed: int = 0) -> None:
+        self.frames = frames
+        self.ontology = ontology
+        self.transform = transform
+        self.point_spec = point_spec
+        self.train = train
+        self.point_augment = point_augment if train else None
+        self.max_points = max_points
+        self.min_points = int(min_points)
+        self.near = float(near)
+        self.target_frames = target_frames if train else None
+        self.labelled = labelled
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = self.rng(index)
+        sample = self.sample(self.frames[index], rng, self.labelled)
+        sample["index"] = int(index)
+        if self.target_frames is not None and len(self.target_frames):
+            j = int(rng.integers(len(self.target_frames)))
+            trg = self.sample(self.target_frames[j], rng, labelled=False)
+            trg["index"] = j
+            sample["target_domain"] = trg
+        return sample
+
+    # ------------------------------------------------------------------ one frame
+    def sample(self, frame: Frame, rng: np.random.Generator, labelled: bool = True) -> dict[str, Any]:
+        """The sample of one frame (without ``index``)."""
+        where = frame_where(frame)
+        view = frame_view(frame, self.near)
+        assert frame.image is not None and frame.points is not None
+        if labelled:
+            if frame.point_labels is None:
+                raise DataError(f"{where}: training needs the labels of the points (this frame has none)")
+            lab_all = np.asarray(frame.point_labels)
+            check_ids(lab_all, self.ontology, str(frame.source.get("point_labels", where)))
+            labels = lab_all[view.index].astype(np.int64)
+        else:
+            labels = np.full(len(view.index), IGNORE_INDEX, dtype=np.int64)
+        tries = CROP_TRIES if self.train else 1
+        need = min(self.min_points, len(view.index))
+        for _ in range(tries):
+            x, _, pmap = self.transform.apply_with_map(frame.image, None, rng)
+            uv = pmap.apply(view.uv)
+            keep = np.flatnonzero(pmap.inside(uv))
+            if len(keep) >= need:
+                break
+        if len(keep) == 0:
+            raise DataError(f"{where}: none of the {len(view.index)} in-view points falls inside the "
+                            f"{pmap.valid_size[0]}x{pmap.valid_size[1]} training crop after {tries} tries; use a "
+                            "larger augment.image.crop or a narrower augment.image.scale")
+        pts = np.asarray(frame.points, dtype=np.float32)[view.index[keep]]
+        labels, uv = labels[keep], uv[keep]
+        if self.point_augment is not None:
+            pts, _, kept = self.point_augment(pts, None, rng)
+            labels, uv = labels[kept], uv[kept]
+        valid = np.ones(len(pts), dtype=bool)
+        m = len(pts)
+        if self.train and self.max_points is not None and m > self.max_points:
+            sel = np.sort(rng.choice(m, self.max_points, replace=False))
+            pts, labels, uv, valid = pts[sel], labels[sel], uv[sel], valid[sel]
+        want = max(self.point_spec.min_points,
+                   self.max_points if (self.train and self.max_points and self.point_spec.equal_sizes) else 0)
+        if len(pts) < want:  # pad with repeats that no loss or metric sees
+            if len(pts) == 0:
+                raise DataError(f"{where}: no in-view point left for the 3D network")
+            extra = rng.integers(0, len(pts), want - len(pts))
+            pts = np.concatenate([pts, pts[extra]])
+            labels = np.concatenate([labels, np.full(len(extra), IGNORE_INDEX, dtype=np.int64)])
+            uv = np.concatenate([uv, uv[extra]])
+            valid = np.concatenate([valid, np.zeros(len(extra), dtype=bool)])
+        # validation builds the 3D input as FusionPredictor does (seed 0), so both score the same
+        inputs = self.point_spec.build(pts, rng if self.train else 0, where)
+        return {"image": torch.from_numpy(np.ascontiguousarray(x)),
+                "uv": torch.from_numpy(np.ascontiguousarray(uv, dtype=np.float32)),
+                "target": torch.from_numpy(np.ascontiguousarray(labels)),
+                "valid": torch.from_numpy(valid), "points3d": inputs}
+
+
+class FusionCollate:
+    """Batches :class:`FusionSamples` (picklable, for DataLoader workers).
+
+    The batch holds ``image`` (B, 3, h, w), ``uv`` (M, 2), ``point_batch`` (M,), ``target`` (M,),
+    ``valid`` (M,), ``points3d`` (the 3D network's batch) and ``index`` (B,), plus
+    ``target_domain`` (the same for the target frames) when the samples have one.
+    """
+
+    def __init__(self, point_spec: PointInputSpec) -> None:
+        self.point_spec = point_spec
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        shapes = {tuple(s["image"].shape) for s in samples}
+        if len(shapes) > 1:
+            raise DataError(f"cannot batch images of different sizes {sorted(shapes)}; set augment.image.crop or "
+                            "augment.image.base_size, or use batch size 1")
+        batch: dict[str, Any] = {
+            "image": torch.stack([s["image"] for s in samples]),
+            "uv": torch.cat([s["uv"] for s in samples]),
+            "point_batch": torch.cat([torch.full((len(s["uv"]),), b, dtype=torch.int64)
+                                      for b, s in enumerate(samples)]),
+            "target": torch.cat([s["target"] for s in samples]),
+            "valid": torch.cat([s["valid"] for s in samples]),
+            "points3d": self.point_spec.collate([s["points3d"] for s in samples]),
+            "index": torch.tensor([s["index"] for s in samples]),
+        }
+        if "target_domain" in samples[0]:
+            batch["target_domain"] = self([s["target_domain"] for s in samples])
+        return batch
