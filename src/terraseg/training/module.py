@@ -38,7 +38,6 @@ from terraseg.training.config import TrainConfig
 from terraseg.training.data import IGNORE_INDEX
 from terraseg.training.optim import build_optimizer, lr_factor
 
-
 ValPairs = tuple[torch.Tensor, torch.Tensor]
 
 

@@ -89,7 +89,7 @@ class PointInputSpec:
             raise ConfigError(f"3D network {arch or type(net).__name__!r} is not supported in a cross-modal model "
                               f"(supported: {', '.join(FUSION_POINT_ARCHS)})")
         cfg = getattr(net, "config", None)
-        return cls(arch=arch, in_channels=int(getattr(net, "in_channels")),
+        return cls(arch=arch, in_channels=int(net.in_channels),
                    k=int(getattr(cfg, "k", 16)), ratios=tuple(int(r) for r in getattr(cfg, "ratios", (4, 4, 4, 4))),
                    voxel_size=float(getattr(cfg, "voxel_size", 0.05)),
                    centre_offsets=bool(getattr(cfg, "centre_offsets", True)))

@@ -96,7 +96,7 @@ class CrossModalModel(nn.Module):
             raise ConfigError(f"2D network {arch!r} does not expose per-pixel features, so it cannot be the 2D half "
                               "of a cross-modal model (every image arch but mask2former can)")
         check_point_net(net3d)
-        k2, k3 = int(net2d.num_classes), int(getattr(net3d, "num_classes"))
+        k2, k3 = int(net2d.num_classes), int(net3d.num_classes)
         if k2 != k3:
             raise ConfigError(f"the 2D network predicts {k2} classes and the 3D network {k3}; they must agree")
         self.net2d = net2d
@@ -104,7 +104,7 @@ class CrossModalModel(nn.Module):
         self.sampling: SamplingMode = check_sampling(sampling)
         self.mimicry = bool(mimicry)
         self.num_classes = k2
-        f2, f3 = int(net2d.feature_channels), int(getattr(net3d, "feature_dim"))
+        f2, f3 = int(net2d.feature_channels), int(net3d.feature_dim)
         self.mimic2d: nn.Linear | None = nn.Linear(f2, k2) if mimicry else None
         self.mimic3d: nn.Linear | None = nn.Linear(f3, k2) if mimicry else None
         self.class_heads: dict[str, int] = {f"net2d.{k}": v for k, v in net2d.class_heads.items()}
@@ -120,7 +120,7 @@ class CrossModalModel(nn.Module):
     @property
     def feature_dims(self) -> tuple[int, int]:
         """(F2, F3): widths of the 2D and 3D per-point features."""
-        return int(self.net2d.feature_channels), int(getattr(self.net3d, "feature_dim"))
+        return int(self.net2d.feature_channels), int(self.net3d.feature_dim)
 
     def forward(self, batch: dict[str, Any]) -> FusionOutput:
         """Per-point outputs for a batch (see the module docstring for its keys)."""
