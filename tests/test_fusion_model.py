@@ -306,3 +306,23 @@ def test_point_input_spec_protocol_for_randlanet_and_sizes(model: CrossModalMode
         spec.collate([spec.build(pts), spec.build(pts[:280])])
     with pytest.raises(DataError, match="reads 4 point columns"):
         spec.build(pts[:, :3])
+
+
+def test_mixed_precision_forward_and_losses(model: CrossModalModel) -> None:
+    """GPU training runs under bf16 autocast (trainer.precision auto); the CPU autocast takes the
+    same code paths: the sampling, RandLA-Net's in-place neighbour scores and the float32 losses."""
+    from terraseg.training import build_loss
+
+    batch = _batch(model, (300, 300))
+    model.train()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(batch)
+            terms = CrossModalLoss(build_loss([{"name": "ce"}], ignore_index=-1)).source(out, torch.randint(0, 5, (600,)))
+        assert out.logits_2d.dtype == torch.float32 and terms.total.dtype == torch.float32
+        assert torch.isfinite(terms.total)
+        terms.total.backward()
+        assert model.mimic3d.weight.grad is not None and model.net2d.classifier[1].weight.grad is not None
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()

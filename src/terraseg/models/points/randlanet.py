@@ -247,7 +247,8 @@ class AttentivePooling(nn.Module):
         w = self.score.weight  # (d, d): input columns [neighbour features | f_xyz]
         logits = gather(features @ w[:, :h].t(), neighbors)  # (B, N, K, d)
         d = logits.shape[-1]
-        logits.view(-1, d).addmm_(f_xyz.reshape(-1, f_xyz.shape[-1]), w[:, h:].t())
+        # in-place addmm is outside autocast: under mixed precision the gathered logits are bf16 / fp16
+        logits.view(-1, d).addmm_(f_xyz.reshape(-1, f_xyz.shape[-1]).to(logits.dtype), w[:, h:].t().to(logits.dtype))
         scores = torch.softmax(logits, dim=2)
         del logits
         pooled_nb = _weighted_sum(gather(features, neighbors), scores[..., :h], owned=True)
