@@ -326,3 +326,25 @@ def test_mixed_precision_forward_and_losses(model: CrossModalModel) -> None:
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+def test_predictor_on_a_frame_with_few_points_in_view(model: CrossModalModel) -> None:
+    """Fewer in-view points than RandLA-Net's hierarchy needs (256 for the small preset): the
+    predictor pads the 3D input with repeats and returns one row per in-view point."""
+    from terraseg.frame import Calibration, Frame
+    from terraseg.models.fusion import FusionPredictor
+
+    rng = np.random.default_rng(3)
+    pts = np.concatenate([np.c_[rng.uniform(-2, 2, (40, 2)), rng.uniform(4, 9, 40), rng.uniform(0, 1, 40)],
+                          np.c_[rng.uniform(-2, 2, (30, 2)), -rng.uniform(4, 9, 30), rng.uniform(0, 1, 30)]])
+    cal = Calibration(K=[[40.0, 0, 47.5], [0, 40.0, 31.5], [0, 0, 1]], T_cam_lidar=np.eye(4), image_size=(96, 64))
+    frame = Frame("f/1", image=rng.integers(0, 255, (64, 96, 3), dtype=np.uint8), points=pts.astype(np.float32),
+                  calib=cal)
+    pred = FusionPredictor(model, device="cpu").predict(frame)
+    assert pred.num_points == 70 and pred.index.tolist() == list(range(40))
+    assert pred.probs_2d.shape == pred.probs_3d.shape == (40, 5)
+    np.testing.assert_allclose(pred.probs.sum(1), 1.0, rtol=1e-5)
+    assert pred.labels.tolist() == (pred.probs_2d + pred.probs_3d).argmax(1).tolist()
+    full = pred.full(pred.labels, fill=255)
+    assert (full[40:] == 255).all() and full[:40].tolist() == pred.labels.tolist()
+    assert pred.in_view.sum() == 40 and pred.confidence("3d").shape == (40,)

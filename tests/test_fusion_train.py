@@ -204,3 +204,13 @@ def test_bad_paired_data_is_one_clear_error(sim_root: Path, tmp_path: Path) -> N
         "data.batch_size": 2, "fusion.target": None})))
     r = runner.invoke(app, ["train", str(recipe), "-q"])
     assert r.exit_code == 1 and "RandLA-Net batches need equal point counts: set data.max_points" in r.output
+
+
+def test_a_fusion_checkpoint_is_refused_where_a_camera_model_is_expected(trained: Path) -> None:
+    from terraseg.errors import DataError
+    from terraseg.inference.image import ImagePredictor
+
+    with pytest.raises(DataError, match="a cross-modal .* checkpoint, not a camera model"):
+        ImagePredictor.from_checkpoint(trained / "checkpoints" / "best.pth")
+    r = runner.invoke(app, ["export", str(trained / "checkpoints" / "best.pth"), "--onnx", "x.onnx"])
+    assert r.exit_code == 1 and "ONNX export of cross-modal (fusion) models is not supported" in r.output

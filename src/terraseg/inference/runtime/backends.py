@@ -382,7 +382,8 @@ def load_backend(path: str | os.PathLike[str], kind: StreamKind | None = None, *
 
     loaded = load_model(p, trusted=trusted)
     if loaded.task != "points":
-        raise ConfigError(f"{p}: a camera model ({type(loaded.model).__name__}) given as the LiDAR model")
+        what = "a cross-modal (camera + LiDAR)" if loaded.task == "fusion" else "a camera"
+        raise ConfigError(f"{p}: {what} model ({type(loaded.model).__name__}) given as the LiDAR model")
     dev = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     if amp:
         raise ConfigError(f"{p}: --amp applies to camera models")

@@ -170,8 +170,13 @@ class FusionPredictor:
             image = cv2.resize(image, (self.base_size[1], self.base_size[0]), interpolation=cv2.INTER_LINEAR)
             pmap = PixelMap.resize(size, (self.base_size[1], self.base_size[0]))
         x = torch.from_numpy(self.norm.numpy(image))[None]
-        uv = torch.from_numpy(pmap.apply(view.uv).astype(np.float32))
+        uv_np = pmap.apply(view.uv).astype(np.float32)
         pts = np.asarray(frame.points, dtype=np.float32)[view.index]
+        short = self.point_spec.min_points - len(pts)
+        if short > 0:  # too few for the 3D network's hierarchy: repeat points, drop their outputs later
+            extra = np.arange(short) % len(pts)
+            pts, uv_np = np.concatenate([pts, pts[extra]]), np.concatenate([uv_np, uv_np[extra]])
+        uv = torch.from_numpy(uv_np)
         inputs = self.point_spec.build(pts, 0, frame_where(frame))
         batch = {"image": x, "uv": uv, "point_batch": torch.zeros(len(uv), dtype=torch.int64),
                  "points3d": self.point_spec.collate([inputs])}
@@ -183,6 +188,7 @@ class FusionPredictor:
         batch, view = self.prepare(frame)
         out = self.model(_to(batch, self.device))
         p2, p3, _ = out.probabilities()
+        m = len(view.index)  # padding repeats (frames with very few points in view) come last
         return FusionPrediction(frame.frame_id, view.num_points, view.index, view.uv,
-                                p2.cpu().numpy().astype(np.float32), p3.cpu().numpy().astype(np.float32),
+                                p2[:m].cpu().numpy().astype(np.float32), p3[:m].cpu().numpy().astype(np.float32),
                                 {"image_size": view.image_size})
