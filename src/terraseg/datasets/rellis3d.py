@@ -38,6 +38,10 @@ the camera pose in the LiDAR frame, so ``T_cam_lidar`` is its inverse
 (:func:`terraseg.io.calib.read_rellis_calibration`). Poses (``poses.txt``) are LiDAR poses: the
 RELLIS ``calib.txt`` has ``Tr`` = identity, and the KITTI conversion ``inv(Tr) @ P @ Tr`` is
 applied when ``calib.txt`` is present; without it the poses are used as they are.
+
+With ``images=True`` the LiDAR reader pairs each scan ``NNNNNN.bin`` with the camera image of the
+same frame number (``<seq>/pylon_camera_node/frameNNNNNN-<time>.jpg``) and its id mask: paired
+frames for cross-modal models (:mod:`terraseg.models.fusion`).
 """
 
 from __future__ import annotations
