@@ -342,8 +342,18 @@ def test_fusion_samples_follow_the_crop_and_flip(sim_root: Path) -> None:
     # source pixel of an in-view point (the crop window and flip moved the pixels, not the content)
     src_colours = {tuple(f.image[r, c].tolist()) for c, r in src_px}
     assert all(tuple(np.round(c).astype(int).tolist()) in src_colours for c in colours)
-    # labels are those of in-view points, in the sim ontology
-    assert set(s["target"].tolist()) <= set(f.point_labels[view.index].tolist())
+    # labels are those of the in-view points the sample kept (point_index maps them back to the scan)
+    pi = s["point_index"].numpy()
+    assert np.isin(pi, view.index).all() and len(np.unique(pi)) == 600
+    assert s["target"].tolist() == f.point_labels[pi].astype(np.int64).tolist()
+    # per-point extras (e.g. each network's pseudo-labels) follow the same selection, padding included
+    ext = FusionSamples(ds, get_ontology("sim"), build_image_transform(cfg, True, norm), spec, train=True,
+                        max_points=20000, min_points=50,
+                        extras=lambda i, fr: {"pl": np.arange(len(fr.points)), "conf": np.full(len(fr.points), 0.5)})[0]
+    ok = ext["valid"].numpy()
+    assert ext["point_extras"]["pl"][ok].tolist() == ext["point_index"][ok].tolist()
+    assert (ext["point_extras"]["pl"][~ok] == -1).all() and (ext["point_extras"]["conf"][~ok] == 0).all()
+    assert (ext["point_extras"]["conf"][ok] == 0.5).all()
     # RandLA-Net batches: padding to max_points marks the repeats invalid
     few = FusionSamples(ds, get_ontology("sim"), build_image_transform(cfg, True, norm), spec, train=True,
                         max_points=20000, min_points=50)[0]
@@ -351,6 +361,7 @@ def test_fusion_samples_follow_the_crop_and_flip(sim_root: Path) -> None:
     assert (few["target"][~few["valid"]] == -1).all()
     batch = FusionCollate(spec)([s, samples[1]])
     assert batch["image"].shape == (2, 3, 64, 96) and batch["point_batch"].tolist() == [0] * 600 + [1] * 600
+    assert batch["point_index"][:600].tolist() == pi.tolist()
     assert batch["points3d"]["features"].shape == (2, 600, 4)
     # every point projects to the bottom-right pixel of a 64 x 48 image; 1 x 1 crops miss it (10 draws of
     # 3,072 positions, seeded): one clear error naming the frame

@@ -7,7 +7,10 @@ One sample of frame ``i`` (:class:`FusionSamples`)::
     uv       (M, 2) float32      network-input pixel coordinates (u, v) of the M points kept
     target   (M,) int64          the points' labels (ontology ids; IGNORE_INDEX where unlabelled)
     valid    (M,) bool           False for repeated padding points (RandLA-Net size constraints)
+    point_index (M,) int64       index of each point in ``frame.points`` (so per-point results
+                                 map back to the scan)
     points3d dict                the 3D network's input built from the same M points, same order
+    point_extras {name: (M,)}    optional per-point arrays that follow the points (see ``extras``)
     index    int
 
 How the M points are chosen: the frame's points are projected into its image with its
@@ -60,13 +63,17 @@ class FusionSamples(_EpochAware, torch.utils.data.Dataset):
         target_frames: optional unlabelled target-domain frames (domain adaptation).
         labelled: the frames carry labels (False: every target is IGNORE_INDEX).
         seed: base seed of the per-sample generators.
+        extras: ``extras(index, frame) -> {name: (N,) array}`` of per-point values aligned with
+            ``frame.points`` (pseudo-labels of each network, queried labels, confidences ...): they
+            go through the same selection as the points into ``sample["point_extras"]`` (padding
+            repeats get :data:`IGNORE_INDEX` for integer arrays, 0 otherwise).
     """
 
     def __init__(self, frames: FrameCache | Sequence[Frame], ontology: Ontology, transform: ImageTransform,
                  point_spec: PointInputSpec, train: bool, point_augment: Callable[..., Any] | None = None,
                  max_points: int | None = None, min_points: int = 100, near: float = 0.1,
                  target_frames: FrameCache | Sequence[Frame] | None = None, labelled: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, extras: Callable[[int, Frame], dict[str, np.ndarray]] | None = None) -> None:
         self.frames = frames
         self.ontology = ontology
         self.transform = transform
@@ -79,13 +86,16 @@ class FusionSamples(_EpochAware, torch.utils.data.Dataset):
         self.target_frames = target_frames if train else None
         self.labelled = labelled
         self.seed = seed
+        self.extras = extras
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = self.rng(index)
-        sample = self.sample(self.frames[index], rng, self.labelled)
+        frame = self.frames[index]
+        extra = self.extras(int(index), frame) if self.extras is not None else None
+        sample = self.sample(frame, rng, self.labelled, extra)
         sample["index"] = int(index)
         if self.target_frames is not None and len(self.target_frames):
             j = int(rng.integers(len(self.target_frames)))
@@ -95,11 +105,16 @@ class FusionSamples(_EpochAware, torch.utils.data.Dataset):
         return sample
 
     # ------------------------------------------------------------------ one frame
-    def sample(self, frame: Frame, rng: np.random.Generator, labelled: bool = True) -> dict[str, Any]:
-        """The sample of one frame (without ``index``)."""
+    def sample(self, frame: Frame, rng: np.random.Generator, labelled: bool = True,
+               extras: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """The sample of one frame (without ``index``); ``extras``: per-point arrays of the frame."""
         where = frame_where(frame)
         view = frame_view(frame, self.near)
         assert frame.image is not None and frame.points is not None
+        for name, arr in (extras or {}).items():
+            if len(arr) != len(frame.points):
+                raise DataError(f"{where}: per-point values {name!r} hold {len(arr)} entries for "
+                                f"{len(frame.points)} points")
         if labelled:
             if frame.point_labels is None:
                 raise DataError(f"{where}: training needs the labels of the points (this frame has none)")
@@ -120,16 +135,18 @@ class FusionSamples(_EpochAware, torch.utils.data.Dataset):
             raise DataError(f"{where}: none of the {len(view.index)} in-view points falls inside the "
                             f"{pmap.valid_size[0]}x{pmap.valid_size[1]} training crop after {tries} tries; use a "
                             "larger augment.image.crop or a narrower augment.image.scale")
-        pts = np.asarray(frame.points, dtype=np.float32)[view.index[keep]]
+        idx = view.index[keep]
         labels, uv = labels[keep], uv[keep]
+        pts = np.asarray(frame.points, dtype=np.float32)[idx]
         if self.point_augment is not None:
             pts, _, kept = self.point_augment(pts, None, rng)
-            labels, uv = labels[kept], uv[kept]
+            labels, uv, idx = labels[kept], uv[kept], idx[kept]
         valid = np.ones(len(pts), dtype=bool)
         m = len(pts)
         if self.train and self.max_points is not None and m > self.max_points:
             sel = np.sort(rng.choice(m, self.max_points, replace=False))
-            pts, labels, uv, valid = pts[sel], labels[sel], uv[sel], valid[sel]
+            pts, labels, uv, valid, idx = pts[sel], labels[sel], uv[sel], valid[sel], idx[sel]
+        n_real = len(pts)
         want = max(self.point_spec.min_points,
                    self.max_points if (self.train and self.max_points and self.point_spec.equal_sizes) else 0)
         if len(pts) < want:  # pad with repeats that no loss or metric sees
@@ -140,20 +157,32 @@ class FusionSamples(_EpochAware, torch.utils.data.Dataset):
             labels = np.concatenate([labels, np.full(len(extra), IGNORE_INDEX, dtype=np.int64)])
             uv = np.concatenate([uv, uv[extra]])
             valid = np.concatenate([valid, np.zeros(len(extra), dtype=bool)])
+            idx = np.concatenate([idx, idx[extra]])
         # validation builds the 3D input as FusionPredictor does (seed 0), so both score the same
         inputs = self.point_spec.build(pts, rng if self.train else 0, where)
-        return {"image": torch.from_numpy(np.ascontiguousarray(x)),
-                "uv": torch.from_numpy(np.ascontiguousarray(uv, dtype=np.float32)),
-                "target": torch.from_numpy(np.ascontiguousarray(labels)),
-                "valid": torch.from_numpy(valid), "points3d": inputs}
+        out = {"image": torch.from_numpy(np.ascontiguousarray(x)),
+               "uv": torch.from_numpy(np.ascontiguousarray(uv, dtype=np.float32)),
+               "target": torch.from_numpy(np.ascontiguousarray(labels)),
+               "valid": torch.from_numpy(valid), "point_index": torch.from_numpy(idx.astype(np.int64)),
+               "points3d": inputs}
+        if extras:
+            ext: dict[str, torch.Tensor] = {}
+            for name, arr in extras.items():
+                a = np.asarray(arr)[idx]
+                if len(a) > n_real:
+                    a[n_real:] = IGNORE_INDEX if a.dtype.kind == "i" else 0
+                ext[name] = torch.from_numpy(np.ascontiguousarray(a))
+            out["point_extras"] = ext
+        return out
 
 
 class FusionCollate:
     """Batches :class:`FusionSamples` (picklable, for DataLoader workers).
 
     The batch holds ``image`` (B, 3, h, w), ``uv`` (M, 2), ``point_batch`` (M,), ``target`` (M,),
-    ``valid`` (M,), ``points3d`` (the 3D network's batch) and ``index`` (B,), plus
-    ``target_domain`` (the same for the target frames) when the samples have one.
+    ``valid`` (M,), ``point_index`` (M,), ``points3d`` (the 3D network's batch) and ``index`` (B,),
+    plus ``point_extras`` ({name: (M,)}) and ``target_domain`` (the same for the target frames)
+    when the samples have them.
     """
 
     def __init__(self, point_spec: PointInputSpec) -> None:
@@ -171,9 +200,13 @@ class FusionCollate:
                                       for b, s in enumerate(samples)]),
             "target": torch.cat([s["target"] for s in samples]),
             "valid": torch.cat([s["valid"] for s in samples]),
+            "point_index": torch.cat([s["point_index"] for s in samples]),
             "points3d": self.point_spec.collate([s["points3d"] for s in samples]),
             "index": torch.tensor([s["index"] for s in samples]),
         }
+        if "point_extras" in samples[0]:
+            batch["point_extras"] = {k: torch.cat([s["point_extras"][k] for s in samples])
+                                     for k in samples[0]["point_extras"]}
         if "target_domain" in samples[0]:
             batch["target_domain"] = self([s["target_domain"] for s in samples])
         return batch
