@@ -215,7 +215,9 @@ class _Run:
         m = self.cfg.model
         common = {"weights": m.weights, "source_ontology": m.source_ontology, "label_map": m.label_map}
         if self.cfg.task == "fusion":
-            return self._fusion_model()
+            from terraseg.training.fusion_data import fusion_model
+
+            return fusion_model(self.cfg, self.ontology)
         if self.cfg.task == "image":
             from terraseg.models.image import build_image_model
 
@@ -232,84 +234,18 @@ class _Run:
                                              target_ontology=self.ontology, label_map=m.label_map, verbose=True)
         return model
 
-    def _fusion_model(self) -> torch.nn.Module:
-        from terraseg.models.fusion import build_fusion_model
-        from terraseg.models.surgery import load_weights
-
-        cfg, m = self.cfg, self.cfg.model
-        assert m.net2d is not None and m.net3d is not None and cfg.fusion is not None
-        n2, n3 = m.net2d, m.net3d
-        net2d = {"arch": n2.arch, "encoder": n2.encoder, "pretrained": n2.pretrained, "options": n2.options}
-        net3d = {"arch": n3.arch, "preset": n3.preset, "in_channels": n3.in_channels, "options": n3.options}
-        model = _with_source(cfg, "model", lambda: build_fusion_model(
-            net2d, net3d, self.num_classes, ontology=self.ontology, sampling=cfg.fusion.sampling,  # type: ignore[union-attr]
-            mimicry=cfg.fusion.mimicry, weights_2d=n2.weights, weights_3d=n3.weights,  # type: ignore[union-attr]
-            source_ontology=m.source_ontology, verbose=bool(n2.weights or n3.weights)))
-        if m.weights:
-            model.load_report = load_weights(model, m.weights, source_ontology=m.source_ontology,
-                                             target_ontology=self.ontology, label_map=m.label_map, verbose=True)
-        return model
-
-    def _fusion_datasets(self) -> tuple[Any, Any, Any]:
-        """Paired camera + LiDAR samples, their collate function and the FusionTask adapter."""
-        from terraseg.models.fusion import PointInputSpec
-        from terraseg.models.image.preprocess import Normalization
-        from terraseg.training.augment import ImageAugConfig, build_image_transform
-        from terraseg.training.fusion_data import FusionCollate, FusionSamples
-        from terraseg.training.module import FusionTask
-        from terraseg.training.point_augment import PointAugConfig, PointAugment
-
-        cfg = self.cfg
-        fc = cfg.fusion
-        assert fc is not None
-        img_aug = dict(cfg.augment.get("image") or {})
-        if "ignore_id" in img_aug:
-            raise ConfigError(f"{cfg.source}: augment.image.ignore_id is set by the engine")
-        aug = _with_source(cfg, "augment.image", lambda: ImageAugConfig.from_dict({**img_aug, "ignore_id": 255}))
-        norm = Normalization()
-        pts_aug = dict(cfg.augment.get("points") or {})
-        point_augment = None
-        if pts_aug.pop("enabled", True):
-            pa = _with_source(cfg, "augment.points", lambda: PointAugConfig.from_dict(pts_aug))
-            point_augment = PointAugment(pa)
-        spec = _with_source(cfg, "model.net3d", lambda: PointInputSpec.from_model(self.model.net3d))  # type: ignore[union-attr]
-        if spec.equal_sizes:
-            if cfg.data.batch_size > 1 and cfg.data.max_points is None:
-                raise ConfigError(f"{cfg.source}: RandLA-Net batches need equal point counts: set data.max_points "
-                                  "(points per training sample) or data.batch_size=1")
-            if cfg.data.val_batch_size > 1:
-                raise ConfigError(f"{cfg.source}: RandLA-Net validation labels every in-view point of a frame in one "
-                                  "pass: set data.val_batch_size=1")
-        target = None
-        if fc.target is not None:
-            t = fc.target
-            try:
-                tds = open_dataset(t.root, kind=t.kind, split=t.split, remap=t.remap, **dict(t.options))
-            except TypeError as exc:
-                raise ConfigError(f"{cfg.source}: fusion.target.options: {exc}") from None
-            if len(tds) == 0:
-                raise DataError(f"{t.root}: no frames in split {t.split!r} (fusion.target)")
-            target = FrameCache(tds, cache=cfg.data.cache, limit=t.max_frames)
-        common = {"point_spec": spec, "max_points": cfg.data.max_points, "min_points": fc.min_points, "near": fc.near,
-                  "seed": cfg.seed}
-        train = FusionSamples(self.train_frames, self.ontology, build_image_transform(aug, True, norm), train=True,
-                              point_augment=point_augment, target_frames=target, **common)  # type: ignore[arg-type]
-        val = FusionSamples(self.val_frames, self.ontology, build_image_transform(aug, False, norm), train=False,
-                            **common)  # type: ignore[arg-type]
-        self.collate = FusionCollate(spec)
-        self.meta["preprocess"] = {**norm.to_meta(), "base_size": list(aug.base_size) if aug.base_size else None,
-                                   "near": fc.near, "max_points": cfg.data.max_points, "points": spec.to_dict()}
-        adapter = FusionTask(fc.lambda_xm_src, fc.lambda_xm_trg if target is not None else 0.0, fc.lambda_entropy,
-                             _channels_last(cfg), fc.lr_2d_mult)
-        return train, val, adapter
-
     def _datasets(self, progress: bool) -> tuple[Any, Any, Any]:
         cfg = self.cfg
         from terraseg.training.module import ImageTask, RandLATask, RangeTask
 
         channels_last = _channels_last(cfg)
         if cfg.task == "fusion":
-            return self._fusion_datasets()
+            from terraseg.training.fusion_data import fusion_datasets
+
+            parts = fusion_datasets(cfg, self.ontology, self.model, self.train_frames, self.val_frames, channels_last)
+            self.collate = parts.collate
+            self.meta["preprocess"] = parts.preprocess
+            return parts.train, parts.val, parts.adapter
         self.collate: Any = collate_images if cfg.task == "image" else collate_scans
         if cfg.task == "image":
             from terraseg.models.image.preprocess import Normalization

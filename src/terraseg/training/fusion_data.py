@@ -31,17 +31,20 @@ frame drawn by the sample's generator, without labels. Every random draw comes f
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from terraseg.errors import DataError
+from terraseg.errors import ConfigError, DataError
 from terraseg.frame import Frame
 from terraseg.models.fusion.backbone3d import PointInputSpec
+from terraseg.models.fusion.model import CrossModalModel
 from terraseg.models.fusion.view import frame_view, frame_where
 from terraseg.ontology import Ontology
 from terraseg.training.augment import ImageTransform
+from terraseg.training.config import TrainConfig
 from terraseg.training.data import IGNORE_INDEX, FrameCache, _EpochAware, check_ids
 
 CROP_TRIES = 10
@@ -210,3 +213,97 @@ class FusionCollate:
         if "target_domain" in samples[0]:
             batch["target_domain"] = self([s["target_domain"] for s in samples])
         return batch
+
+
+# ------------------------------------------------------------------------------------- from a recipe
+def _in_section(cfg: TrainConfig, section: str, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{cfg.source}: {section}: {exc}") from None
+
+
+def fusion_model(cfg: TrainConfig, ontology: Ontology) -> CrossModalModel:
+    """The cross-modal model of a ``task: fusion`` recipe (``model.net2d`` / ``net3d``, their
+    ``weights``, then ``model.weights`` for a whole cross-modal checkpoint)."""
+    from terraseg.models.fusion import build_fusion_model
+    from terraseg.models.surgery import load_weights
+
+    m, fc = cfg.model, cfg.fusion
+    if m.net2d is None or m.net3d is None or fc is None:
+        raise ConfigError(f"{cfg.source}: task: fusion needs model.net2d and model.net3d")
+    n2, n3 = m.net2d, m.net3d
+    model = _in_section(cfg, "model", lambda: build_fusion_model(
+        {"arch": n2.arch, "encoder": n2.encoder, "pretrained": n2.pretrained, "options": n2.options},
+        {"arch": n3.arch, "preset": n3.preset, "in_channels": n3.in_channels, "options": n3.options},
+        ontology.max_id + 1, ontology=ontology, sampling=fc.sampling, mimicry=fc.mimicry, weights_2d=n2.weights,
+        weights_3d=n3.weights, source_ontology=m.source_ontology, verbose=bool(n2.weights or n3.weights)))
+    if m.weights:
+        model.load_report = load_weights(model, m.weights, source_ontology=m.source_ontology, target_ontology=ontology,
+                                         label_map=m.label_map, verbose=True)
+    return model
+
+
+@dataclass
+class FusionParts:
+    """What the engine needs for a ``task: fusion`` run (see :func:`fusion_datasets`)."""
+
+    train: FusionSamples
+    val: FusionSamples
+    collate: FusionCollate
+    adapter: Any
+    preprocess: dict[str, Any]
+
+
+def fusion_datasets(cfg: TrainConfig, ontology: Ontology, model: CrossModalModel, train_frames: FrameCache,
+                    val_frames: FrameCache, channels_last: bool = False) -> FusionParts:
+    """Training and validation samples, their collate function, the
+    :class:`~terraseg.training.module.FusionTask` adapter and the checkpoint's ``preprocess`` meta of a
+    ``task: fusion`` recipe (``augment.image`` / ``augment.points``, ``data.max_points``,
+    ``fusion.*``, an optional ``fusion.target`` dataset)."""
+    from terraseg.datasets import open_dataset
+    from terraseg.models.image.preprocess import Normalization
+    from terraseg.training.augment import ImageAugConfig, build_image_transform
+    from terraseg.training.module import FusionTask
+    from terraseg.training.point_augment import PointAugConfig, PointAugment
+
+    fc = cfg.fusion
+    if fc is None:
+        raise ConfigError(f"{cfg.source}: task: fusion needs the fusion section")
+    img_aug = dict(cfg.augment.get("image") or {})
+    if "ignore_id" in img_aug:
+        raise ConfigError(f"{cfg.source}: augment.image.ignore_id is set by the engine")
+    aug = _in_section(cfg, "augment.image", lambda: ImageAugConfig.from_dict({**img_aug, "ignore_id": 255}))
+    norm = Normalization()
+    pts_aug = dict(cfg.augment.get("points") or {})
+    point_augment = None
+    if pts_aug.pop("enabled", True):
+        point_augment = PointAugment(_in_section(cfg, "augment.points", lambda: PointAugConfig.from_dict(pts_aug)))
+    spec = _in_section(cfg, "model.net3d", lambda: PointInputSpec.from_model(model.net3d))
+    if spec.equal_sizes:
+        if cfg.data.batch_size > 1 and cfg.data.max_points is None:
+            raise ConfigError(f"{cfg.source}: RandLA-Net batches need equal point counts: set data.max_points "
+                              "(points per training sample) or data.batch_size=1")
+        if cfg.data.val_batch_size > 1:
+            raise ConfigError(f"{cfg.source}: RandLA-Net validation labels every in-view point of a frame in one pass: "
+                              "set data.val_batch_size=1")
+    target = None
+    if fc.target is not None:
+        t = fc.target
+        try:
+            tds = open_dataset(t.root, kind=t.kind, split=t.split, remap=t.remap, **dict(t.options))
+        except TypeError as exc:
+            raise ConfigError(f"{cfg.source}: fusion.target.options: {exc}") from None
+        if len(tds) == 0:
+            raise DataError(f"{t.root}: no frames in split {t.split!r} (fusion.target)")
+        target = FrameCache(tds, cache=cfg.data.cache, limit=t.max_frames)
+    common: dict[str, Any] = {"point_spec": spec, "max_points": cfg.data.max_points, "min_points": fc.min_points,
+                              "near": fc.near, "seed": cfg.seed}
+    train = FusionSamples(train_frames, ontology, build_image_transform(aug, True, norm), train=True,
+                          point_augment=point_augment, target_frames=target, **common)
+    val = FusionSamples(val_frames, ontology, build_image_transform(aug, False, norm), train=False, **common)
+    adapter = FusionTask(fc.lambda_xm_src, fc.lambda_xm_trg if target is not None else 0.0, fc.lambda_entropy,
+                         channels_last, fc.lr_2d_mult)
+    preprocess = {**norm.to_meta(), "base_size": list(aug.base_size) if aug.base_size else None, "near": fc.near,
+                  "max_points": cfg.data.max_points, "points": spec.to_dict()}
+    return FusionParts(train, val, FusionCollate(spec), adapter, preprocess)
