@@ -33,6 +33,7 @@ from terraseg.training.config import (
     EarlyStoppingConfig,
     EMAConfig,
     EvalConfig,
+    FusionConfig,
     ModelConfig,
     OptimConfig,
     ScheduleConfig,
@@ -109,8 +110,28 @@ def test_recipe_loads_and_passes_the_run_time_checks(path: Path) -> None:
     assert torch.isfinite(loss(logits, target))
     if cfg.task == "image":
         _check_image_recipe(cfg, onto)
+    elif cfg.task == "fusion":
+        _check_fusion_recipe(cfg, onto)
     else:
         _check_point_recipe(cfg, k)
+
+
+def _check_fusion_recipe(cfg: TrainConfig, onto: Ontology) -> None:
+    from terraseg.models.fusion import PointInputSpec, build_fusion_model
+
+    assert cfg.copy_paste is None and cfg.fusion is not None
+    ImageAugConfig.from_dict(cfg.augment.get("image"), where=cfg.source)
+    PointAugConfig.from_dict({key: v for key, v in (cfg.augment.get("points") or {}).items() if key != "enabled"})
+    n2, n3 = cfg.model.net2d, cfg.model.net3d
+    assert n2 is not None and n3 is not None
+    model = build_fusion_model({"arch": n2.arch, "encoder": n2.encoder, "options": n2.options},
+                               {"arch": n3.arch, "preset": n3.preset, "in_channels": n3.in_channels,
+                                "options": n3.options}, onto.max_id + 1, ontology=onto, sampling=cfg.fusion.sampling,
+                               mimicry=cfg.fusion.mimicry)
+    spec = PointInputSpec.from_model(model.net3d)
+    if spec.equal_sizes:
+        assert cfg.data.batch_size == 1 or cfg.data.max_points is not None
+        assert cfg.data.val_batch_size == 1
 
 
 def _check_image_recipe(cfg: TrainConfig, onto: Ontology) -> None:
@@ -399,7 +420,7 @@ def test_goose3d_recipe() -> None:
 # ---------------------------------------------------------------------------------------------- documentation
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
                              "schedule": ScheduleConfig, "trainer": TrainerConfig, "ema": EMAConfig,
-                             "early_stopping": EarlyStoppingConfig, "eval": EvalConfig}
+                             "early_stopping": EarlyStoppingConfig, "eval": EvalConfig, "fusion": FusionConfig}
 
 
 def _table_rows(heading: str) -> dict[str, str]:
@@ -413,7 +434,7 @@ def _table_rows(heading: str) -> dict[str, str]:
             fence = not fence
         if not fence and line.startswith("#"):
             break
-        m = re.match(r"\|\s*`([a-z_.]+)`\s*\|([^|]*)\|", line)
+        m = re.match(r"\|\s*`([a-z0-9_.]+)`\s*\|([^|]*)\|", line)
         if m and not fence:
             rows[m.group(1)] = m.group(2).strip()
     return rows

@@ -84,7 +84,7 @@ def test_shipped_recipes_validate() -> None:
     assert len(recipes) >= 8
     for r in recipes:
         cfg = load_config(r)
-        assert cfg.task in ("image", "points"), r
+        assert cfg.task in ("image", "points", "fusion"), r
 
 
 # ------------------------------------------------------------------------------------- optimiser

@@ -329,7 +329,7 @@ def test_ddp_with_fewer_validation_frames_than_processes(sim_root: Path, tmp_pat
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="eval.window and eval.tta apply to the image task only"):
-        TrainConfig.from_dict({"task": "points", "data": {"root": "x"}, "eval": {"tta": {"flip": True}}})
+    with pytest.raises(ConfigError, match="eval.window applies to the image task only"):
+        TrainConfig.from_dict({"task": "points", "data": {"root": "x"}, "eval": {"window": {"mode": "slide"}}})
     with pytest.raises(ConfigError, match="checkpoint_every_steps must be at least 1"):
         TrainConfig.from_dict({"data": {"root": "x"}, "trainer": {"checkpoint_every_steps": 0}})

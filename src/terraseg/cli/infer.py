@@ -30,6 +30,27 @@ def _checkpoint_and_recipe(model: Path) -> tuple[Path, dict[str, Any]]:
     return model, {}
 
 
+def _data_options(items: list[str] | None, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Reader options from ``KEY=VALUE`` items (YAML scalars, as in recipes) over ``base``."""
+    from terraseg.datasets import parse_reader_options
+
+    return {**(base or {}), **parse_reader_options(items or [])}
+
+
+def _is_fusion(ckpt: Path) -> bool:
+    """Whether a model file is a cross-modal (camera + LiDAR) checkpoint."""
+    from terraseg.inference.predictor import model_kind
+
+    return ckpt.suffix.lower() != ".onnx" and model_kind(ckpt) == "fusion"
+
+
+def _fusion_predictor(ckpt: Path, device: str | None, calib: Path | None) -> Any:
+    from terraseg.io.calib import read_calib_yaml
+    from terraseg.models.fusion import FusionPredictor
+
+    return FusionPredictor.from_checkpoint(ckpt, device=device, calib=read_calib_yaml(calib) if calib else None)
+
+
 def _window(mode: str, crop: str | None, stride: str | None) -> Any:
     from terraseg.errors import ConfigError
     from terraseg.models.image.windows import WindowConfig
@@ -64,17 +85,18 @@ def eval_cmd(
     out: Annotated[Path | None, typer.Option(help="Report folder (default: <checkpoint folder>/../eval-<split>).")] = None,
     name: Annotated[str, typer.Option(help="Model name in the report tables.")] = "model",
     data_option: Annotated[list[str] | None, typer.Option(help="Dataset reader option KEY=VALUE (repeatable), e.g. ontology=sim, remap=map.yaml, masks_dir=annotations.")] = None,
+    calib: Annotated[Path | None, typer.Option(help="Cross-modal models: a calib.yaml used for every frame instead of the dataset's.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table.")] = False,
 ) -> None:
-    """Evaluate a trained camera or LiDAR model (.pth or .onnx) on a dataset split and write reports.
+    """Evaluate a trained camera, LiDAR or cross-modal model (.pth or .onnx) on a dataset split and write reports.
 
-    Camera models: whole-image or sliding-window inference with optional TTA. LiDAR models: every point labelled (one pass per TTA view; --regular for RandLA-Net crops as in Open3D-ML), with the projection and intensity scale recorded at training. Writes report.md, per_class.md/.csv (classes as rows), per_class_columns.md (classes as columns, like published tables), metrics.json, per_frame.csv, confusion.npz/.png.
+    Camera models: whole-image or sliding-window inference with optional TTA. LiDAR models: every point labelled (one pass per TTA view; --regular for RandLA-Net crops as in Open3D-ML), with the projection and intensity scale recorded at training. Cross-modal (fusion) checkpoints: the points in the camera's view, scored for 2D, 3D and 2D+3D (reports of 2D+3D at the top, 2d/ and 3d/ below, modalities.md side by side). Writes report.md, per_class.md/.csv (classes as rows), per_class_columns.md (classes as columns, like published tables), metrics.json, per_frame.csv, confusion.npz/.png.
 
     Example: terraseg eval runs/goose-upernet/checkpoints/best.pth --data data/goose --split val --preset goose-challenge --tta "scales=0.75,1,1.25,1.5 flip=true"
     """
     from terraseg.cli.eval_masks import _print_result
-    from terraseg.datasets import open_dataset, parse_reader_options
+    from terraseg.datasets import open_dataset
     from terraseg.errors import ConfigError
     from terraseg.inference.evaluate import evaluate_frames
     from terraseg.inference.predictor import load_predictor
@@ -82,21 +104,32 @@ def eval_cmd(
     from terraseg.metrics import default_preset, get_preset, markdown_summary, write_reports
 
     ckpt, recipe = _checkpoint_and_recipe(model)
-    pred = load_predictor(ckpt, device=device, tta=tta, window=_window(window, crop, stride), projection=projection,
-                          regular=regular, intensity_max=intensity_max)
-    recipe = recipe or pred.recipe  # the training recipe stored with the model
+    fusion = _is_fusion(ckpt)
+    pred = None
+    if fusion:
+        from terraseg.inference.models import load_model
+
+        loaded = load_model(ckpt)
+        recipe = recipe or loaded.recipe
+        onto = loaded.ontology
+        if onto is None:
+            raise ConfigError(f"{ckpt}: the checkpoint does not say its label ontology")
+    else:
+        pred = load_predictor(ckpt, device=device, tta=tta, window=_window(window, crop, stride),
+                              projection=projection, regular=regular, intensity_max=intensity_max)
+        recipe = recipe or pred.recipe  # the training recipe stored with the model
+        onto = pred.require_ontology()
     rdata = recipe.get("data", {})
     root = data or (Path(rdata["root"]) if rdata.get("root") else None)
     if root is None:
         raise ConfigError("give --data (the dataset folder) or a recipe whose data.root points to it")
     split_name = split or rdata.get("val_split") or "val"
-    onto = pred.require_ontology()
     reval = recipe.get("eval") or {}
-    if tta is None and reval.get("tta"):  # the recipe's evaluation settings, unless given here
+    if pred is not None and tta is None and reval.get("tta"):  # the recipe's evaluation settings, unless given here
         pred.set_tta(reval["tta"])
-    if window == "whole" and reval.get("window"):
+    if pred is not None and window == "whole" and reval.get("window"):
         pred.set_window(reval["window"])
-    opts = {**(rdata.get("options") or {}), **parse_reader_options(data_option or [])}
+    opts = _data_options(data_option, rdata.get("options"))
     remap = opts.pop("remap", rdata.get("remap"))  # --data-option remap=MAP overrides the recipe's data.remap
     frames = open_dataset(root, kind=kind or rdata.get("kind") or "auto", split=split_name, remap=remap,
                           labels_ontology=onto, **opts)
@@ -106,11 +139,26 @@ def eval_cmd(
                           f"give --data-option remap=MAP (a label map YAML from {data_onto.name!r} to {onto.name!r})")
     preset_name = preset or reval.get("preset")
     pre = get_preset(preset_name, onto) if preset_name else default_preset(onto)
+    out_dir = out or ckpt.parent.parent / f"eval-{split_name}"
+    if pred is None:
+        from terraseg.inference.fusion import evaluate_fusion, modality_table, write_fusion_reports
+
+        fev = evaluate_fusion(_fusion_predictor(ckpt, device, calib), frames, pre, progress=not quiet)
+        write_fusion_reports(fev, out_dir, title=f"{name} on {root} ({split_name})", model_name=name)
+        if not quiet:
+            _print_result(fev.results["2d+3d"].result)
+        console.print(f"evaluated {fev.frames} frame(s) of {root} ({split_name}) with {ckpt}; "
+                      f"{fev.points_in_view} of {fev.points_total} points in the camera's view; "
+                      f"{1000 * fev.seconds:.0f} ms per frame", highlight=False)
+        for mod, sc in modality_table(fev).items():
+            console.print(f"  {mod:<6} mIoU {sc['mIoU']:6.2f}  mAcc {sc['mAcc']:6.2f}  aAcc {sc['aAcc']:6.2f}",
+                          highlight=False)
+        console.print(f"reports written to {out_dir} (2D+3D; 2d/, 3d/, modalities.md)", highlight=False)
+        return
     if not quiet:
         console.print(pred.describe(), highlight=False)
     ev = evaluate_frames(frames, pred.predict_frame, pre, "image" if pred.kind == "camera" else "points",
                          progress=not quiet)
-    out_dir = out or ckpt.parent.parent / f"eval-{split_name}"
     write_reports(ev.result, out_dir, ev.matrix, title=f"{name} on {root} ({split_name})", model_name=name)
     rows = ["frame,count,aAcc,mIoU"] + [f"{r['frame']},{r.get('pixels', r.get('points'))},{r['aAcc']:.6f},{r['mIoU']:.6f}"
                                         for r in ev.per_frame]
@@ -140,12 +188,17 @@ def predict_cmd(
     projection: Annotated[str | None, typer.Option(help="Range networks: projection preset or organized:HxW (default: the model's).")] = None,
     intensity_max: Annotated[float | None, typer.Option("--intensity-max", help=_INTENSITY_HELP)] = None,
     ply: Annotated[bool, typer.Option(help="Scans: also write coloured PLY files.")] = True,
+    kind: Annotated[str | None, typer.Option(help="Cross-modal models: dataset kind of INPUTS (default: the recipe's, or auto).")] = None,
+    split: Annotated[str, typer.Option(help="Cross-modal models: split of the dataset INPUTS.")] = "all",
+    data_option: Annotated[list[str] | None, typer.Option(help="Cross-modal models: reader option KEY=VALUE (repeatable).")] = None,
+    calib: Annotated[Path | None, typer.Option(help="Cross-modal models: a calib.yaml used for every frame instead of the dataset's.")] = None,
+    fill: Annotated[int | None, typer.Option(help="Cross-modal models: label written for points outside the camera's view (default: the ontology's first ignored id, else 0).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Predict labels for images, videos or LiDAR scans with any model file and write them to --out.
+    """Predict labels for images, videos, LiDAR scans or paired camera + LiDAR frames with any model file and write them to --out.
 
-    Images / videos: OUT/ids/<stem>.png (class ids), OUT/color/<stem>.png, OUT/overlay/<stem>.jpg; --submission goose also writes OUT/submission_goose.zip (see docs/inference.md for the layout). Scans (.bin or .ply): OUT/labels/<stem>.label (SemanticKITTI layout) and OUT/ply/<stem>.ply. The model's kind (camera or LiDAR), normalisation, projection and intensity scale come from the file.
+    Images / videos: OUT/ids/<stem>.png (class ids), OUT/color/<stem>.png, OUT/overlay/<stem>.jpg; --submission goose also writes OUT/submission_goose.zip (see docs/inference.md for the layout). Scans (.bin or .ply): OUT/labels/<stem>.label (SemanticKITTI layout) and OUT/ply/<stem>.ply. The model's kind (camera or LiDAR), normalisation, projection and intensity scale come from the file. Cross-modal (fusion) checkpoints read a paired dataset folder and write OUT/labels/<frame>.label (2D+3D; --fill outside the camera's view), OUT/labels_2d/, OUT/labels_3d/, OUT/in_view/<frame>.npy, OUT/overlay/<frame>.jpg and OUT/ply/.
 
     Example: terraseg predict runs/sim-salsanext/checkpoints/best.pth scans/ --out preds/ --tta "rotations=4 flip=y"
     """
@@ -162,6 +215,12 @@ def predict_cmd(
         raise ConfigError(f"--out {out} must not be inside the input folder {inputs} (its outputs would be read as "
                           "inputs by the next run)")
     ckpt, _ = _checkpoint_and_recipe(model)
+    if _is_fusion(ckpt):
+        from terraseg.inference.models import load_model
+
+        _predict_fusion(ckpt, load_model(ckpt, device=device), inputs, out, kind, split, data_option, calib, fill, ply,
+                        overlay, device, quiet)
+        return
     pred = load_predictor(ckpt, device=device, tta=tta, window=_window(window, crop, stride), projection=projection,
                           regular=regular, intensity_max=intensity_max)
     onto = pred.require_ontology()
@@ -206,6 +265,42 @@ def predict_cmd(
                       "training range (see the first warning above)", highlight=False)
 
 
+def _predict_fusion(ckpt: Path, loaded: Any, inputs: Path, out: Path, kind: str | None, split: str,
+                    data_option: list[str] | None, calib: Path | None, fill: int | None, ply: bool, overlay: bool,
+                    device: str | None, quiet: bool) -> None:
+    """``terraseg predict`` for a cross-modal checkpoint: a paired dataset folder in, labels out."""
+    from terraseg.datasets import open_dataset
+    from terraseg.errors import ConfigError
+    from terraseg.inference.fusion import write_fusion_prediction
+    from terraseg.progress import ProgressBar
+
+    onto = loaded.ontology
+    if onto is None:
+        raise ConfigError(f"{ckpt}: the model does not say its label ontology (needed for colours and ids)")
+    rdata = (loaded.recipe.get("data") or {})
+    if not inputs.is_dir():
+        raise ConfigError(f"{inputs}: a cross-modal model predicts paired camera + LiDAR frames: give a dataset "
+                          "folder (e.g. the output of terraseg sim, or a RELLIS-3D root with --data-option images=true)")
+    opts = _data_options(data_option, rdata.get("options"))
+    remap = opts.pop("remap", rdata.get("remap"))
+    frames = open_dataset(inputs, kind=kind or rdata.get("kind") or "auto", split=split, remap=remap, **opts)
+    fill_id = fill if fill is not None else (min(onto.ignore_ids) if onto.ignore_ids else 0)
+    predictor = _fusion_predictor(ckpt, device, calib)
+    n = n_view = n_all = 0
+    with ProgressBar(len(frames), "predicting frames", enabled=not quiet) as bar:
+        for i in range(len(frames)):
+            f = frames[i]
+            pred = predictor.predict(f)
+            write_fusion_prediction(out, f, pred, onto, fill=fill_id, ply=ply, overlay=overlay)
+            n += 1
+            n_view += len(pred.index)
+            n_all += pred.num_points
+            bar.advance()
+    console.print(f"predicted {n} frame(s) into {out} (labels/ = 2D+3D, labels_2d/, labels_3d/, in_view/"
+                  f"{', overlay/' if overlay else ''}{', ply/' if ply else ''}); {n_view} of {n_all} points in the "
+                  f"camera's view, the others labelled {fill_id}", highlight=False)
+
+
 @app.command("export")
 @user_errors
 def export_cmd(
@@ -231,7 +326,11 @@ def export_cmd(
     if ckpt.suffix.lower() == ".onnx":
         raise ConfigError(f"{ckpt}: already an ONNX model; export takes a checkpoint (.pth) or a recipe")
     hw = parse_size(size, "--size") if size else None
-    if model_kind(ckpt) == "camera":
+    found = model_kind(ckpt)
+    if found == "fusion":
+        raise ConfigError(f"{ckpt}: ONNX export of cross-modal (fusion) models is not supported; export a camera or "
+                          "LiDAR model")
+    if found == "camera":
         if projection is not None:
             raise ConfigError(f"{ckpt}: --projection applies to LiDAR range networks, not to camera models")
         from terraseg.inference.onnx_export import export_checkpoint_onnx

@@ -1,4 +1,4 @@
-"""``terraseg train``: train or fine-tune a camera or LiDAR model from a YAML recipe."""
+"""``terraseg train``: train or fine-tune a camera, LiDAR or cross-modal (camera + LiDAR) model from a YAML recipe."""
 
 from __future__ import annotations
 

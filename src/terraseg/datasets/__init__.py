@@ -1,4 +1,10 @@
-"""Frames and dataset readers (SemanticKITTI, RELLIS-3D, GOOSE, CARLA exports, generic folders)."""
+"""Frames and dataset readers (SemanticKITTI, RELLIS-3D, GOOSE, CARLA exports, nuScenes-lidarseg, the
+simulator's paired output, generic folders).
+
+Paired camera + LiDAR frames (image, scan, labels, calibration in one Frame, for cross-modal
+models): :class:`SimDataset` (kind ``sim``), :class:`NuScenesDataset` (``nuscenes``),
+``Rellis3DLidarDataset(..., images=True)``, ``SemanticKITTIDataset(..., images=True)`` and generic
+folders with images/, points/ and calib.yaml."""
 
 from terraseg.datasets.base import SPLITS, FrameDataset, read_split_list
 from terraseg.datasets.carla import CarlaCameraDataset, CarlaLidarDataset, read_carla_semantic_lidar
@@ -6,6 +12,7 @@ from terraseg.datasets.generic import GenericDataset
 from terraseg.datasets.generic_writer import GenericWriter, write_generic_frame
 from terraseg.datasets.goose2d import Goose2DDataset
 from terraseg.datasets.goose3d import Goose3DDataset
+from terraseg.datasets.nuscenes import NuScenesDataset
 from terraseg.datasets.registry import (
     DATASET_KINDS,
     dataset_class,
@@ -16,6 +23,7 @@ from terraseg.datasets.registry import (
 )
 from terraseg.datasets.rellis3d import Rellis3DImageDataset, Rellis3DLidarDataset, find_rellis_calibration
 from terraseg.datasets.semantickitti import SemanticKITTIDataset, kitti_lidar_poses
+from terraseg.datasets.sim import SimDataset
 from terraseg.datasets.stats import ClassStats, load_class_weights, save_class_stats
 from terraseg.frame import XYZI, Calibration, Frame, invert_transform
 
@@ -33,9 +41,11 @@ __all__ = [
     "GenericWriter",
     "Goose2DDataset",
     "Goose3DDataset",
+    "NuScenesDataset",
     "Rellis3DImageDataset",
     "Rellis3DLidarDataset",
     "SemanticKITTIDataset",
+    "SimDataset",
     "dataset_class",
     "detect_kind",
     "find_rellis_calibration",

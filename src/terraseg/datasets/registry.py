@@ -30,6 +30,10 @@ DATASET_KINDS: dict[str, tuple[str, str, str]] = {
     "carla-lidar": ("terraseg.datasets.carla", "CarlaLidarDataset", "semantic LiDAR exports"),
     "generic": ("terraseg.datasets.generic", "GenericDataset",
                 "images/, masks/, points/, point_labels/ (optionally per split), calib.yaml"),
+    "sim": ("terraseg.datasets.sim", "SimDataset",
+            "`terraseg sim` output: sim.yaml + camera/ (generic) + lidar/ (SemanticKITTI), paired frames"),
+    "nuscenes": ("terraseg.datasets.nuscenes", "NuScenesDataset",
+                 "v1.0-*/ JSON tables + samples/LIDAR_TOP/*.pcd.bin + samples/CAM_FRONT/*.jpg + lidarseg/"),
 }
 
 
@@ -47,6 +51,10 @@ def detect_kind(root: str | os.PathLike[str]) -> str:
     if not r.is_dir():
         raise DataError(f"{r}: dataset folder not found")
     names = {p.name for p in r.iterdir()}
+    if "sim.yaml" in names and names & {"camera", "lidar"}:
+        return "sim"
+    if "samples" in names and any(n.startswith("v1.0-") for n in names):
+        return "nuscenes"
     if "sequences" in names:
         return "semantickitti"
     if names & {"pt_train.lst", "pt_val.lst", "pt_test.lst"}:

@@ -38,6 +38,10 @@ the camera pose in the LiDAR frame, so ``T_cam_lidar`` is its inverse
 (:func:`terraseg.io.calib.read_rellis_calibration`). Poses (``poses.txt``) are LiDAR poses: the
 RELLIS ``calib.txt`` has ``Tr`` = identity, and the KITTI conversion ``inv(Tr) @ P @ Tr`` is
 applied when ``calib.txt`` is present; without it the poses are used as they are.
+
+With ``images=True`` the LiDAR reader pairs each scan ``NNNNNN.bin`` with the camera image of the
+same frame number (``<seq>/pylon_camera_node/frameNNNNNN-<time>.jpg``) and its id mask: paired
+frames for cross-modal models (:mod:`terraseg.models.fusion`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ from terraseg.ontology import LabelMap
 RELLIS_LIDAR_LABEL_DIR = "os1_cloud_node_semantickitti_label_id"
 #: Label folder of the camera images in the official release.
 RELLIS_IMAGE_LABEL_DIR = "pylon_camera_node_label_id"
+#: Camera image folder of each sequence in the official release.
+RELLIS_IMAGE_DIR = "pylon_camera_node"
 #: Size (width, height) of the RELLIS-3D Basler camera images, in pixels.
 RELLIS_IMAGE_SIZE = (1920, 1200)
 
@@ -259,6 +265,14 @@ class Rellis3DLidarDataset(_RellisBase):
             True requires labels for every frame; False never reads them.
         label_dir: label folder name for lists without a label column.
         poses: read ``poses.txt`` into ``frame.pose`` when present.
+        images: pair every scan with the camera image of the same frame number
+            (``<seq>/pylon_camera_node/frameNNNNNN-<time>.jpg`` for scan ``NNNNNN.bin``) and its
+            id mask when ``pylon_camera_node_label_id/`` has it: frames then also carry
+            ``image``, ``image_labels`` (or None) and ``meta["image_timestamp"]``, the paired
+            frames cross-modal models train on.
+        image_dir: the camera folder inside each sequence.
+        missing_images: ``error`` (a scan without its image is an image/scan pair mismatch naming
+            both) or ``skip`` (leave such scans out; :attr:`skipped_scans` counts them).
     """
 
     name = "rellis3d-lidar"
@@ -267,11 +281,19 @@ class Rellis3DLidarDataset(_RellisBase):
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train", remap: LabelMap | str | None = "rellis3d",
                  drop_origin: bool = False, calib_dir: str | os.PathLike[str] | None = None,
-                 labels: bool | None = None, label_dir: str | None = None, poses: bool = True) -> None:
+                 labels: bool | None = None, label_dir: str | None = None, poses: bool = True,
+                 images: bool = False, image_dir: str = RELLIS_IMAGE_DIR, missing_images: str = "error") -> None:
         super().__init__(root, split, remap, calib_dir, labels, label_dir)
+        if missing_images not in ("error", "skip"):
+            raise DataError(f"missing_images must be 'error' or 'skip', got {missing_images!r}")
         self.drop_origin = drop_origin
         self.poses = poses
+        self.images = bool(images)
+        self.image_dir = image_dir
+        self.skipped_scans = 0
         self._seq_files: dict[Path, KittiSequenceFiles] = {}
+        self._frame_images: dict[Path, dict[int, Path]] = {}
+        self._pairs: dict[tuple[Path, str], tuple[Path, Path | None]] = {}
         for e in self.entries:
             stem = e.data.stem
             seq_dir = e.data.parent.parent
@@ -279,7 +301,36 @@ class Rellis3DLidarDataset(_RellisBase):
                 self._seq_files[seq_dir] = KittiSequenceFiles(seq_dir, poses_need_tr=False)
             index = int(stem) if stem.isdigit() else -1
             label = self._label_path(e, stem, ".label")
+            if self.images:
+                pair = self._image_of(seq_dir, index)
+                if pair is None:
+                    if missing_images == "skip":
+                        self.skipped_scans += 1
+                        continue
+                    raise DataError(f"{e.data}: image/scan pair mismatch: no camera image frame{max(index, 0):06d}-*.jpg "
+                                    f"in {seq_dir / image_dir} (line {e.line} of {e.list_file}; pass "
+                                    "missing_images='skip' to leave such scans out)")
+                self._pairs[(seq_dir, stem)] = pair
             self._items.append(ScanItem(_sequence_of(e.data, self.root) or "", stem, index, e.data, label, seq_dir))
+        if self.images and not self._items:
+            raise DataError(f"{self.root}: no scan of split {split!r} has its camera image in {image_dir}/")
+
+    def _image_of(self, seq_dir: Path, index: int) -> tuple[Path, Path | None] | None:
+        """(image, mask or None) of frame ``index`` in a sequence, or None without an image."""
+        if seq_dir not in self._frame_images:
+            cam = seq_dir / self.image_dir
+            table: dict[int, Path] = {}
+            if cam.is_dir():
+                for p in sorted(cam.iterdir()):
+                    parsed = parse_rellis_image_name(p.stem)
+                    if parsed is not None and p.suffix.lower() in (".jpg", ".jpeg", ".png"):
+                        table.setdefault(parsed[0], p)
+            self._frame_images[seq_dir] = table
+        img = self._frame_images[seq_dir].get(index)
+        if img is None:
+            return None
+        mask = seq_dir / RELLIS_IMAGE_LABEL_DIR / f"{img.stem}.png"
+        return img, (mask if mask.is_file() else None)
 
     @classmethod
     def describe_layout(cls) -> str:
@@ -307,9 +358,20 @@ class Rellis3DLidarDataset(_RellisBase):
         index_known = it.index >= 0
         calib, calib_files = self._calibration(it.sequence or None)
         source.update(calib_files)
+        image = mask = None
+        if self.images:
+            img_path, mask_path = self._pairs[(it.seq_dir, it.stem)]  # type: ignore[index]
+            image = read_color_png(img_path)
+            source["image"] = img_path
+            if mask_path is not None:
+                mask = read_label_png(mask_path)
+                source["image_labels"] = mask_path
+            parsed = parse_rellis_image_name(img_path.stem)
+            if parsed is not None:
+                meta["image_timestamp"] = parsed[1]
         return Frame(
             frame_id=self._item_id(it), points=points, point_fields=XYZI, point_labels=sem, point_instances=inst,
-            ontology=self.source_ontology_name, calib=calib,
+            image=image, image_labels=mask, ontology=self.source_ontology_name, calib=calib,
             pose=files.pose(it.index) if (self.poses and index_known) else None,
             timestamp=files.time(it.index) if index_known else None,
             sequence=it.sequence or None, source=source, meta=meta,

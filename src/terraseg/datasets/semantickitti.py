@@ -37,6 +37,7 @@ from terraseg.datasets.base import FrameDataset
 from terraseg.errors import DataError
 from terraseg.frame import XYZI, Calibration, Frame
 from terraseg.io.calib import read_kitti_calib, read_kitti_poses
+from terraseg.io.images import read_image
 from terraseg.io.scans import read_bin, read_label
 from terraseg.ontology import LabelMap
 
@@ -259,6 +260,13 @@ class SemanticKITTIDataset(FrameDataset):
         ontology: the label space of the ``.label`` files; another name than
             ``semantickitti-raw`` (for example ``sim`` for the simulator's scans) reads
             SemanticKITTI-format data in that ontology, and then the default remap is none.
+        images: pair every scan with its camera image ``sequences/NN/<image_dir>/XXXXXX.png``
+            (the KITTI odometry colour images): frames then also carry ``image`` and the
+            ``calib`` of ``camera`` (``P2`` and ``Tr`` of ``calib.txt``) with the image's size, the
+            paired frames cross-modal models train on. A scan without its image is an image/scan
+            pair mismatch (one error naming both files), as is a sequence without ``calib.txt``.
+        image_dir: the image folder of each sequence (default: ``image_2`` for ``P2``,
+            ``image_3`` for ``P3``).
     """
 
     name = "semantickitti"
@@ -268,7 +276,7 @@ class SemanticKITTIDataset(FrameDataset):
                  remap: LabelMap | str | None = "semantickitti", labels: bool | None = None,
                  poses: bool = True, camera: str | None = "P2", scan_dir: str = "velodyne",
                  label_dir: str = "labels", scan_suffix: str = ".bin", label_suffix: str = ".label",
-                 ontology: str = "semantickitti-raw") -> None:
+                 ontology: str = "semantickitti-raw", images: bool = False, image_dir: str | None = None) -> None:
         if ontology != "semantickitti-raw":  # SemanticKITTI-format scans in another label space (e.g. the simulator's)
             self.source_ontology_name = ontology
             if remap == "semantickitti":
@@ -282,6 +290,11 @@ class SemanticKITTIDataset(FrameDataset):
         self.scan_dir, self.label_dir = scan_dir, label_dir
         self.scan_suffix, self.label_suffix = scan_suffix, label_suffix
         self.poses, self.camera = poses, camera
+        self.images = bool(images)
+        if self.images and camera is None:
+            raise DataError("images=True needs the camera whose calibration projects the points (camera='P2')")
+        self.image_dir = image_dir or {"P2": "image_2", "P3": "image_3", "P0": "image_0", "P1": "image_1"}.get(
+            str(camera), "image_2")
         self.missing_sequences: tuple[str, ...] = ()
 
         present = sorted(e.name for e in os.scandir(seq_root) if e.is_dir())
@@ -304,6 +317,7 @@ class SemanticKITTIDataset(FrameDataset):
 
         self._seq_files: dict[str, KittiSequenceFiles] = {}
         self._calibs: dict[str, Calibration | None] = {}
+        self._images: dict[tuple[str, str], Path] = {}
         for seq in self.sequences:
             seq_dir = seq_root / seq
             vdir = seq_dir / scan_dir
@@ -312,8 +326,22 @@ class SemanticKITTIDataset(FrameDataset):
             ldir = seq_dir / label_dir
             use_labels = self._use_labels(labels, seq, ldir)
             self._seq_files[seq] = KittiSequenceFiles(seq_dir, poses_need_tr=True)
+            images_here: dict[str, Path] = {}
+            if self.images:
+                idir = seq_dir / self.image_dir
+                if not (seq_dir / "calib.txt").is_file():
+                    raise DataError(f"{seq_dir / 'calib.txt'}: not found; images=True projects the scans into the "
+                                    f"{self.image_dir} images with its {camera} and Tr")
+                if idir.is_dir():
+                    images_here = {p.stem: p for p in idir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")}
             for stem, index in list_scans(vdir, scan_suffix):
                 lab = ldir / f"{stem}{label_suffix}" if use_labels else None
+                if self.images and stem not in images_here:
+                    raise DataError(f"{vdir / (stem + scan_suffix)}: image/scan pair mismatch: no camera image "
+                                    f"{seq_dir / self.image_dir / stem}.png (images=True pairs every scan with the "
+                                    f"{self.image_dir} image of the same number)")
+                if self.images:
+                    self._images[(seq, stem)] = images_here[stem]
                 self._items.append(ScanItem(seq, stem, index, vdir / f"{stem}{scan_suffix}", lab, seq_dir))
         if not self._items:
             raise DataError(f"{seq_root}: no '*{scan_suffix}' scans in {scan_dir}/ of sequences "
@@ -363,9 +391,17 @@ class SemanticKITTIDataset(FrameDataset):
         calib = self.calibration(it.sequence)
         if calib is not None:
             source["calib"] = files.seq_dir / "calib.txt"
+        image = None
+        if self.images:
+            img_path = self._images[(it.sequence, it.stem)]
+            image = read_image(img_path)
+            source["image"] = img_path
+            if calib is not None:  # calib.txt does not say the image size; the image does
+                calib = Calibration(K=calib.K, dist=calib.dist, T_cam_lidar=calib.T_cam_lidar,
+                                    image_size=(int(image.shape[1]), int(image.shape[0])))
         return Frame(
             frame_id=self._item_id(it), points=points, point_fields=XYZI, point_labels=sem,
-            point_instances=inst, ontology=self.source_ontology_name, calib=calib,
+            point_instances=inst, image=image, ontology=self.source_ontology_name, calib=calib,
             pose=files.pose(it.index) if self.poses else None, timestamp=files.time(it.index),
             sequence=it.sequence, source=source, meta={"scan_index": it.index},
         ).validate()

@@ -7,7 +7,10 @@ training losses:
 - ``enet``: ``w = 1 / ln(1.02 + f)`` (Paszke et al., ENet), f = class share of labelled elements;
 - ``median``: median-frequency balancing ``w = median(g) / g`` (Eigen & Fergus), where g is the
   class's elements divided by the elements of the frames in which the class appears;
-- ``inv_sqrt``: ``w = 1 / sqrt(f)``.
+- ``inv_sqrt``: ``w = 1 / sqrt(f)``;
+- ``log``: ``w = ln(5 / f)``, xMUDA's "log smoothed" weights (valeoai/xmuda_journal
+  ``compute_class_weights``: ``log(5 * total / count)``, which xMUDA divides by its minimum; the
+  scale cancels in a weighted mean cross-entropy).
 
 Weights of classes that never appear, and of ignored classes, are 0. Weights are normalised so
 that the mean over the weighted (seen, not ignored) classes is 1, unless asked otherwise.
@@ -29,8 +32,8 @@ from terraseg.frame import Frame
 from terraseg.io.atomic import atomic_path, atomic_write_text
 from terraseg.ontology import Ontology, get_ontology
 
-WeightMethod = Literal["enet", "median", "inv_sqrt"]
-WEIGHT_METHODS: tuple[str, ...] = ("enet", "median", "inv_sqrt")
+WeightMethod = Literal["enet", "median", "inv_sqrt", "log"]
+WEIGHT_METHODS: tuple[str, ...] = ("enet", "median", "inv_sqrt", "log")
 
 
 @dataclass
@@ -123,6 +126,8 @@ class ClassStats:
             w[seen] = 1.0 / np.log(1.02 + f[seen])
         elif method == "inv_sqrt":
             w[seen] = 1.0 / np.sqrt(f[seen])
+        elif method == "log":
+            w[seen] = np.log(5.0 / f[seen])
         elif method == "median":
             t = self.total(split)
             g = np.zeros_like(f)

@@ -26,7 +26,7 @@ class LoadedModel:
 
     Attributes:
         model: the network in eval mode on ``device``.
-        task: ``image`` or ``points``.
+        task: ``image``, ``points`` or ``fusion`` (a cross-modal camera + LiDAR model).
         ontology: the label ontology of its outputs (None if the checkpoint does not say).
         meta: the checkpoint's metadata (training recipe, preprocessing, validation scores).
         path: the checkpoint file.
@@ -87,14 +87,19 @@ def model_from_checkpoint(ck: Checkpoint, path: str | os.PathLike[str], *,
         raise DataError(f"{path}: not a terraseg model checkpoint (no model spec); train with `terraseg train` "
                         "or save with terraseg.models.save_checkpoint")
     arch = str(spec.pop("arch"))
-    if is_point_arch(arch):
+    if arch == "fusion":
+        from terraseg.models.fusion import fusion_model_from_spec
+
+        model: nn.Module = fusion_model_from_spec(ck.spec, ck.ontology)
+        task = "fusion"
+    elif is_point_arch(arch):
         from terraseg.models.points import PRESETS, build_point_model, canonical_arch
 
         num_classes = int(spec.pop("num_classes"))
         in_channels = spec.pop("in_channels", None)
         preset = str(spec.pop("preset", "custom"))
         preset = preset if preset in PRESETS[canonical_arch(arch)] else "custom"
-        model: nn.Module = build_point_model(arch, num_classes, in_channels=in_channels, preset=preset, **spec)
+        model = build_point_model(arch, num_classes, in_channels=in_channels, preset=preset, **spec)
         task = "points"
     else:
         from terraseg.models.image import build_image_model

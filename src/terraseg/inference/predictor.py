@@ -42,7 +42,7 @@ from terraseg.models.points.pipeline import ScanPipeline, predictor_class, predi
 from terraseg.models.points.predict import ScanPrediction
 from terraseg.ontology import Ontology
 
-ModelKind = Literal["camera", "lidar"]
+ModelKind = Literal["camera", "lidar", "fusion"]
 """What a model segments: ``camera`` images or ``lidar`` scans."""
 
 ONNX_SUFFIX = ".onnx"
@@ -80,18 +80,21 @@ def _checkpoint_kind(ck: Any, path: Path) -> ModelKind:
     if ck.kind != "terraseg" or "arch" not in spec:
         raise DataError(f"{path}: not a terraseg model checkpoint (no model spec); train with `terraseg train` "
                         "or save with terraseg.models.save_checkpoint")
+    if spec["arch"] == "fusion":
+        return "fusion"
     return "lidar" if is_point_arch(spec["arch"]) else "camera"
 
 
 def model_kind(path: str | os.PathLike[str], *, trusted: bool = False) -> ModelKind:
-    """``camera`` or ``lidar``: what a model file (``.onnx`` or terraseg checkpoint) segments.
+    """``camera``, ``lidar`` or ``fusion`` (a cross-modal camera + LiDAR checkpoint): what a model
+    file (``.onnx`` or terraseg checkpoint) segments.
 
     Raises:
         DataError: a missing or unreadable file, or a checkpoint without a terraseg model spec.
     """
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{p}: model file not found")
+        raise DataError(f"{p}: {'model' if p.suffix.lower() == ONNX_SUFFIX else 'checkpoint'} file not found")
     if p.suffix.lower() == ONNX_SUFFIX:
         return _onnx_kind(p)[0]
     from terraseg.models.surgery import read_checkpoint
@@ -417,6 +420,10 @@ def load_predictor(path: str | os.PathLike[str], *, kind: ModelKind | None = Non
         ck = read_checkpoint(p, trusted=trusted)
         found = _checkpoint_kind(ck, p)
         arch = str(dict(ck.spec)["arch"])
+    if found == "fusion":
+        role = "" if kind is None else f" given as the {'camera' if kind == 'camera' else 'LiDAR'} model"
+        raise ConfigError(f"{p}: a cross-modal (camera + LiDAR) checkpoint{role}; it runs on paired frames: "
+                          "terraseg eval / predict with a paired dataset folder, or terraseg.inference.fusion")
     if kind is not None and kind != found:
         what = "a LiDAR model" if found == "lidar" else "a camera model"
         raise ConfigError(f"{p}: {what} ({arch}) given as the {'camera' if kind == 'camera' else 'LiDAR'} model")

@@ -35,6 +35,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from terraseg.errors import ConfigError, DataError  # noqa: E402
+from terraseg.geometry.pixel_map import PixelMap  # noqa: E402
 from terraseg.models.image.preprocess import Normalization  # noqa: E402
 
 __all__ = [
@@ -358,25 +359,37 @@ class ImageTransform:
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None,
                  rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        x, m, _ = self.apply_with_map(image, mask, rng)
+        return x, m
+
+    def apply_with_map(self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator | None = None
+                       ) -> tuple[np.ndarray, np.ndarray | None, PixelMap]:
+        """As calling the transform, plus the :class:`~terraseg.geometry.pixel_map.PixelMap` from
+        pixel coordinates of ``image`` to pixel coordinates of the output (resize, crop and flip;
+        the same random draws, so ``transform(image, mask, rng)`` gives the same arrays)."""
         _check_inputs(image, mask)
         if not self.train:
             return self._eval(image, mask)
         return self._train(image, mask, rng if rng is not None else np.random.default_rng())
 
     # ------------------------------------------------------------------ eval
-    def _eval(self, image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def _eval(self, image: np.ndarray, mask: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray | None, PixelMap]:
         base = self.cfg.base_size
+        size = (image.shape[1], image.shape[0])
+        pmap = PixelMap.identity(size)
         if base is not None and base != image.shape[:2]:
             image = cv2.resize(image, (base[1], base[0]), interpolation=cv2.INTER_LINEAR)
+            pmap = PixelMap.resize(size, (base[1], base[0]))
             if mask is not None:
                 mask = resize_mask_nearest(mask, base)
         out = np.empty((3, *image.shape[:2]), dtype=np.float32)
         _normalize_into(out, image, self.norm)
-        return out, None if mask is None else mask.astype(np.int64)
+        return out, None if mask is None else mask.astype(np.int64), pmap
 
     # ------------------------------------------------------------------ train
     def _train(self, image: np.ndarray, mask: np.ndarray | None,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, PixelMap]:
         cfg = self.cfg
         H, W = image.shape[:2]
         bh, bw = cfg.base_size if cfg.base_size is not None else (H, W)
@@ -415,7 +428,11 @@ class ImageTransform:
             out_mask[:h, :w] = crop_mask
             out_mask[h:, :] = cfg.ignore_id
             out_mask[:h, w:] = cfg.ignore_id
-        return out, out_mask
+        # crop pixel j samples the source at lo + (off + j + 0.5) / scale - 0.5 (see _AxisWindow), so
+        # source coordinate u lands at j = (u + 0.5 - lo) * scale - off - 0.5
+        pmap = PixelMap(wx.scale, wy.scale, (0.5 - wx.lo) * wx.scale - wx.off - 0.5,
+                        (0.5 - wy.lo) * wy.scale - wy.off - 0.5, (cw, ch), (w, h))
+        return out, out_mask, (pmap.flipped() if flip else pmap)
 
     def _crop_ok(self, crop_mask: np.ndarray) -> bool:
         """mmseg ``cat_max_ratio``: more than one class and none covering > ratio of the non-ignored pixels."""

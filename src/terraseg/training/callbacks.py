@@ -311,8 +311,9 @@ class EpochSummary(Callback):
             v = m.get(k)
             return "-" if v is None else f"{float(v):.2f}"
 
+        extra = "".join(f"  {k[9:]} {g(k)}" for k in sorted(m) if k.startswith("val/mIoU_"))  # e.g. 2d, 3d
         line = (f"epoch {trainer.current_epoch:>3}  step {trainer.global_step:>6}  loss {g('train/loss'):>6}  "
-                f"val mIoU {g('val/mIoU'):>6}  mAcc {g('val/mAcc'):>6}  aAcc {g('val/aAcc'):>6}  "
+                f"val mIoU {g('val/mIoU'):>6}  mAcc {g('val/mAcc'):>6}  aAcc {g('val/aAcc'):>6}{extra}  "
                 f"best {self.checkpoints.best:.2f} (epoch {self.checkpoints.best_epoch})")
         print(line, flush=True)
 

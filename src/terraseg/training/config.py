@@ -3,14 +3,16 @@
 A recipe is a mapping with the sections below (every key optional except ``data.root``;
 ``docs/training.md`` lists each key with its default and meaning)::
 
-    task: image                 # image (camera) or points (LiDAR)
+    task: image                 # image (camera), points (LiDAR) or fusion (camera + LiDAR, xMUDA)
     name: sim-litefpn           # run folder name under ``output``
     output: runs                # runs are written to <output>/<name>/
     seed: 0
     data:    {root, kind, train_split, val_split, ontology, remap, batch_size, ...}
-    model:   {arch, encoder, preset, pretrained, weights, options, ...}
+    model:   {arch, encoder, preset, pretrained, weights, options, ...; fusion: net2d, net3d}
+    fusion:  {lambda_xm_src, lambda_xm_trg, lambda_entropy, sampling, target, ...}   # task fusion
     loss:    [{name: ce, class_weights: enet}, {name: lovasz, weight: 1.0}]
-    augment: {...}              # ImageAugConfig (image) or PointAugConfig (points) fields
+    augment: {...}              # ImageAugConfig (image) or PointAugConfig (points) fields;
+                                # fusion: {image: {...}, points: {...}}
     copy_paste: {...}           # image only: rare-class copy-paste
     optim:   {name: adamw, lr, weight_decay, layer_decay, ...}
     schedule: {name: poly, warmup_iters, power, ...}
@@ -95,6 +97,45 @@ class DataConfig:
 
 
 @dataclass
+class Net2DConfig:
+    """The 2D network of a cross-modal model (``task: fusion``): ``build_image_model`` arguments.
+
+    Attributes:
+        arch: image architecture with per-pixel features (litefpn, fpn, deeplabv3plus, upernet,
+            segformer, acfnet).
+        encoder: encoder name (default: the arch's).
+        pretrained: ImageNet encoder weights (downloads; off in tests and CI).
+        weights: a camera-model checkpoint to start the 2D network from (class rows remapped).
+        options: further architecture options.
+    """
+
+    arch: str = "litefpn"
+    encoder: str | None = None
+    pretrained: bool = False
+    weights: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Net3DConfig:
+    """The 3D network of a cross-modal model (``task: fusion``): ``build_point_model`` arguments.
+
+    Attributes:
+        arch: point architecture with per-point features (randlanet; voxelunet).
+        preset: width preset.
+        in_channels: point columns read (3 = x, y, z; 4 adds intensity).
+        weights: a LiDAR-model checkpoint to start the 3D network from (class rows remapped).
+        options: further config fields.
+    """
+
+    arch: str = "randlanet"
+    preset: str = "default"
+    in_channels: int | None = None
+    weights: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ModelConfig:
     """Which network to build (``build_image_model`` or ``build_point_model`` arguments).
 
@@ -110,6 +151,8 @@ class ModelConfig:
         aux: image: auxiliary head on/off (default: the arch's).
         in_channels: points: input features (RandLA-Net 3 = xyz, 4 = + intensity).
         options: further architecture options.
+        net2d, net3d: fusion: the 2D and 3D networks (required for ``task: fusion``, unused
+            otherwise); ``weights`` then names a whole cross-modal checkpoint.
     """
 
     arch: str = "litefpn"
@@ -122,6 +165,8 @@ class ModelConfig:
     aux: bool | None = None
     in_channels: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    net2d: Net2DConfig | None = None
+    net3d: Net3DConfig | None = None
 
 
 @dataclass
@@ -251,10 +296,60 @@ class EvalConfig:
 
 
 @dataclass
+class FusionTargetConfig:
+    """An unlabelled target-domain dataset for cross-modal domain adaptation (xMUDA's UDA setting).
+
+    Each training sample then pairs a source frame with a target frame drawn at random; the
+    target frames feed the target-domain terms only (``lambda_xm_trg``, ``lambda_entropy``).
+
+    Attributes:
+        root, kind, split, remap, options: as in ``data`` (any paired reader).
+        max_frames: use only the first N target frames.
+    """
+
+    root: str = ""
+    kind: str = "auto"
+    split: str = "train"
+    remap: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    max_frames: int | None = None
+
+
+@dataclass
+class FusionConfig:
+    """Cross-modal learning (``task: fusion``); defaults are xMUDA's (valeoai/xmuda_journal).
+
+    Attributes:
+        lambda_xm_src: weight of the cross-modal KL on labelled (source) points (xMUDA 1.0).
+        lambda_xm_trg: weight of the cross-modal KL on target points (xMUDA 0.1; needs ``target``).
+        lambda_entropy: weight of the main heads' entropy on target points (xMUDA's MinEnt, 0).
+        sampling: how image features are read at the projected points: ``bilinear`` (sub-pixel)
+            or ``nearest`` (the point's pixel).
+        mimicry: the two mimicry heads (xMUDA's dual head); without them the KL acts on the
+            main heads.
+        lr_2d_mult: factor on the learning rate of the 2D network (and its mimicry head).
+        near: minimum camera depth in metres for a point to count as in view.
+        min_points: a training crop keeps at least this many in-view points when it can
+            (up to 10 crops are drawn; xMUDA's 100).
+        target: an unlabelled target dataset (domain adaptation), or None.
+    """
+
+    lambda_xm_src: float = 1.0
+    lambda_xm_trg: float = 0.1
+    lambda_entropy: float = 0.0
+    sampling: Literal["bilinear", "nearest"] = "bilinear"
+    mimicry: bool = True
+    lr_2d_mult: float = 1.0
+    near: float = 0.1
+    min_points: int = 100
+    target: FusionTargetConfig | None = None
+
+
+@dataclass
 class TrainConfig:
     """A whole training recipe (see the module docstring)."""
 
-    task: Literal["image", "points"] = "image"
+    task: Literal["image", "points", "fusion"] = "image"
     name: str = "run"
     output: str = "runs"
     seed: int = 0
@@ -270,6 +365,7 @@ class TrainConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    fusion: FusionConfig | None = None
     source: str = field(default="<config>", compare=False, repr=False)
 
     # ------------------------------------------------------------------ construction
@@ -325,20 +421,50 @@ class TrainConfig:
             raise ConfigError(f"{s}: trainer.precision must be auto, 32, bf16 or 16, got {t.precision!r}")
         if self.schedule.horizon == "time" and not t.max_time_s:
             raise ConfigError(f"{s}: schedule.horizon: time needs trainer.max_time_s (the time budget to decay over)")
-        if self.task == "points" and self.copy_paste:
+        if self.task != "image" and self.copy_paste:
             raise ConfigError(f"{s}: copy_paste applies to the image task only")
-        if self.task == "points" and (self.eval.window or self.eval.tta):
-            raise ConfigError(f"{s}: eval.window and eval.tta apply to the image task only")
+        if self.task != "image" and self.eval.window:
+            raise ConfigError(f"{s}: eval.window applies to the image task only (LiDAR models see the whole scan)")
         if t.checkpoint_every_steps is not None and t.checkpoint_every_steps < 1:
             raise ConfigError(f"{s}: trainer.checkpoint_every_steps must be at least 1, got {t.checkpoint_every_steps}")
         if t.val_every_steps is not None and t.val_every_steps < 1:
             raise ConfigError(f"{s}: trainer.val_every_steps must be at least 1, got {t.val_every_steps}")
-        if self.task == "points" and self.data.repeat_factor is not None:
+        if self.task != "image" and self.data.repeat_factor is not None:
             raise ConfigError(f"{s}: data.repeat_factor applies to the image task only")
         im = self.data.intensity_max
         if im is not None and (self.task != "points" or not (im > 0 and im != float("inf"))):
             raise ConfigError(f"{s}: data.intensity_max " + ("applies to the points task only" if self.task != "points"
                                                             else f"must be a positive number, got {im}"))
+        self._check_fusion()
+
+    def _check_fusion(self) -> None:
+        s, m = self.source, self.model
+        if self.task != "fusion":
+            for key, val in (("model.net2d", m.net2d), ("model.net3d", m.net3d), ("fusion", self.fusion)):
+                if val is not None:
+                    raise ConfigError(f"{s}: {key} applies to task: fusion only (this recipe has task: {self.task})")
+            return
+        if m.net2d is None or m.net3d is None:
+            raise ConfigError(f"{s}: task: fusion needs model.net2d and model.net3d (the 2D and 3D networks, e.g. "
+                              "net2d: {arch: litefpn}, net3d: {arch: randlanet, preset: small})")
+        if self.fusion is None:
+            self.fusion = FusionConfig()
+        f = self.fusion
+        for key in ("lambda_xm_src", "lambda_xm_trg", "lambda_entropy"):
+            if getattr(f, key) < 0:
+                raise ConfigError(f"{s}: fusion.{key} must be >= 0, got {getattr(f, key)}")
+        if f.lr_2d_mult <= 0:
+            raise ConfigError(f"{s}: fusion.lr_2d_mult must be positive, got {f.lr_2d_mult}")
+        if f.near <= 0:
+            raise ConfigError(f"{s}: fusion.near must be positive (metres), got {f.near}")
+        if f.min_points < 1:
+            raise ConfigError(f"{s}: fusion.min_points must be at least 1, got {f.min_points}")
+        if f.target is not None and not f.target.root:
+            raise ConfigError(f"{s}: fusion.target.root is required (the unlabelled target dataset folder)")
+        unknown = sorted(set(self.augment) - {"image", "points"})
+        if unknown:
+            raise ConfigError(f"{s}: unknown key augment.{unknown[0]} (task: fusion takes augment.image and "
+                              "augment.points)")
 
 
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainConfig:

@@ -144,6 +144,11 @@ def _count_classes(cfg: TrainConfig, ontology: Ontology, frames: FrameCache, pro
         for i in range(len(frames)):
             f = frames[i]
             lab = f.image_labels if cfg.task == "image" else f.point_labels
+            if cfg.task == "fusion" and lab is not None:  # the points the networks see: those in view
+                from terraseg.models.fusion.view import frame_view
+
+                assert cfg.fusion is not None
+                lab = lab[frame_view(f, cfg.fusion.near).index]
             stats.update_labels(lab, "train", str(f.source.get("image_labels", f.frame_id)))
             bar.advance()
     return stats
@@ -299,6 +304,10 @@ class _Run:
     def _model(self) -> torch.nn.Module:
         m = self.cfg.model
         common = {"weights": m.weights, "source_ontology": m.source_ontology, "label_map": m.label_map}
+        if self.cfg.task == "fusion":
+            from terraseg.training.fusion_data import fusion_model
+
+            return fusion_model(self.cfg, self.ontology)
         if self.cfg.task == "image":
             from terraseg.models.image import build_image_model
 
@@ -320,6 +329,14 @@ class _Run:
         from terraseg.training.module import ImageTask, RandLATask, RangeTask, VoxelTask
 
         channels_last = _channels_last(cfg)
+        if cfg.task == "fusion":
+            from terraseg.training.fusion_data import fusion_datasets
+
+            parts = fusion_datasets(cfg, self.ontology, self.model, self.train_frames, self.val_frames, channels_last)
+            self.collate = parts.collate
+            self.meta["preprocess"] = parts.preprocess
+            return parts.train, parts.val, parts.adapter
+        self.collate: Any = collate_images if cfg.task == "image" else collate_scans
         if cfg.task == "image":
             from terraseg.models.image.preprocess import Normalization
             from terraseg.training.augment import ImageAugConfig, build_image_transform
@@ -659,7 +676,7 @@ def _build_trainer(cfg: TrainConfig, run: _Run, run_dir: Path, resume_ckpt: dict
     ndev = devices if devices is not None else tr.devices
     strategy = tr.strategy
     if strategy == "auto" and (isinstance(ndev, int) and ndev > 1 or (num_nodes or tr.num_nodes) > 1):
-        strategy = "ddp_find_unused_parameters_true" if cfg.task == "image" else "ddp"
+        strategy = "ddp_find_unused_parameters_true" if cfg.task in ("image", "fusion") else "ddp"
     val_kw: dict[str, Any] = {}
     if tr.val_every_steps:  # Lightning counts batches: N optimiser steps are N x accumulate batches
         val_kw = {"val_check_interval": tr.val_every_steps * tr.accumulate, "check_val_every_n_epoch": None}
@@ -725,7 +742,7 @@ class _DataModule:
                 else:
                     self.pending = None
                     sampler.set_epoch(epoch)
-                collate = collate_images if cfg.task == "image" else collate_scans
+                collate = run.collate
                 loader = _TrainLoader(
                     run.train_set, batch_size=cfg.data.batch_size, sampler=sampler,
                     num_workers=cfg.data.num_workers, collate_fn=collate,
@@ -737,7 +754,7 @@ class _DataModule:
             def val_dataloader(self) -> torch.utils.data.DataLoader:
                 trainer = self.trainer
                 world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-                collate = collate_images if cfg.task == "image" else collate_scans
+                collate = run.collate
                 bs = cfg.data.val_batch_size
                 # with several processes every one gets the same number of samples (at least one: fewer
                 # frames than processes is fine); the padding samples count nowhere

@@ -10,11 +10,14 @@ batch of its kind goes through the network:
   per-point ``target``; the loss and the metrics see every point (its voxel's logits).
 - :class:`RangeTask`: range images; the loss is per pixel, validation scores every point with a
   pixel (each point reads its pixel's prediction).
+- :class:`FusionTask`: cross-modal batches (:mod:`terraseg.training.fusion_data`); xMUDA's losses
+  (:class:`~terraseg.models.fusion.CrossModalLoss`); validation scores 2D, 3D and 2D+3D.
 
 Validation accumulates a :class:`~terraseg.metrics.ConfusionMatrix` per process, merges it across
 processes (``all_reduce``, so DDP metrics count every sample once) and logs ``val/mIoU``,
-``val/mAcc``, ``val/aAcc`` (percent) and ``val/IoU/<class>``; training logs the loss, learning
-rate and throughput (samples per second).
+``val/mAcc``, ``val/aAcc`` (percent) and ``val/IoU/<class>``; tasks that score several predictions
+(``val_pairs`` returning a dict) log the others as ``val/mIoU_<key>`` (``val/mIoU_2d`` ...).
+Training logs the loss (and its parts, ``train/loss_<part>``), learning rate and throughput.
 """
 
 from __future__ import annotations
@@ -37,20 +40,44 @@ from terraseg.training.config import TrainConfig
 from terraseg.training.data import IGNORE_INDEX
 from terraseg.training.optim import build_optimizer, lr_factor
 
+ValPairs = tuple[torch.Tensor, torch.Tensor]
+
 
 class TaskAdapter:
     """How one kind of batch goes through a model (see the module docstring)."""
 
+    lr_multipliers: dict[str, float] = {}
+    """Parameter-name prefix -> learning-rate factor (e.g. a slower 2D network)."""
+
     def samples(self, batch: dict[str, Any]) -> int:
         return int(batch["index"].numel())
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], loss_fn: nn.Module,
+             train_target: Callable[[torch.Tensor], torch.Tensor], aux_weight: float
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], ValPairs]:
+        """(loss, named parts to log, (predicted ids, loss targets) for the training accuracy).
+
+        The default: ``loss_fn`` on the main logits plus ``aux_weight`` x on the aux logits."""
+        logits, aux, target = self.train_outputs(model, batch)
+        tgt = train_target(target)
+        loss = loss_fn(logits, tgt)
+        parts = {}
+        if aux is not None:
+            parts["main"] = loss.detach()
+            if aux_weight > 0:
+                aux_loss = loss_fn(aux, tgt)
+                parts["aux"] = aux_loss.detach()
+                loss = loss + aux_weight * aux_loss
+        return loss, parts, (class_ids(logits.detach()), tgt)
 
     def train_outputs(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None,
                                                                                torch.Tensor]:
         """(logits, aux logits or None, target) with logits ``(N, C, ...)`` and target ``(N, ...)``."""
         raise NotImplementedError
 
-    def val_pairs(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(predicted ids, target ids), flat, labelled elements only."""
+    def val_pairs(self, model: nn.Module, batch: dict[str, Any]) -> ValPairs | dict[str, ValPairs]:
+        """(predicted ids, target ids), flat, labelled elements only; or a dict of such pairs whose
+        ``""`` entry is the main prediction (``val/mIoU``) and the others are logged with their key."""
         raise NotImplementedError
 
 
@@ -126,6 +153,52 @@ class RangeTask(TaskAdapter):
         return pred[ok], t[ok]
 
 
+class FusionTask(TaskAdapter):
+    """Cross-modal batches: xMUDA's source (and, with a target dataset, target) losses; validation
+    scores 2D+3D (the main ``val/mIoU``), 2D (``val/mIoU_2d``) and 3D (``val/mIoU_3d``).
+
+    Args:
+        lambda_xm_src, lambda_xm_trg, lambda_entropy: loss weights (see
+            :class:`~terraseg.models.fusion.CrossModalLoss`).
+        channels_last: feed the image in channels-last memory format.
+        lr_2d_mult: learning-rate factor of the 2D network and its mimicry head.
+    """
+
+    def __init__(self, lambda_xm_src: float = 1.0, lambda_xm_trg: float = 0.1, lambda_entropy: float = 0.0,
+                 channels_last: bool = False, lr_2d_mult: float = 1.0) -> None:
+        self.weights = {"lambda_xm_src": lambda_xm_src, "lambda_xm_trg": lambda_xm_trg,
+                        "lambda_entropy": lambda_entropy}
+        self.channels_last = channels_last
+        self.lr_multipliers = {"net2d.": lr_2d_mult, "mimic2d.": lr_2d_mult} if lr_2d_mult != 1.0 else {}
+
+    def _forward(self, model: nn.Module, batch: dict[str, Any]) -> Any:
+        if self.channels_last:
+            batch = {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
+        return model(batch)
+
+    def loss(self, model, batch, loss_fn, train_target, aux_weight):  # type: ignore[no-untyped-def]
+        from terraseg.models.fusion.losses import CrossModalLoss
+
+        xm = CrossModalLoss(loss_fn, **self.weights)
+        out = self._forward(model, batch)
+        tgt = train_target(batch["target"])
+        valid = batch["valid"]
+        terms = xm.source(out, tgt, valid)
+        trg = batch.get("target_domain")
+        if trg is not None:
+            terms = terms + xm.target(self._forward(model, trg), trg["valid"])
+        pred = ((torch.softmax(out.logits_2d.detach(), 1) + torch.softmax(out.logits_3d.detach(), 1)).argmax(1))
+        ok = valid & (tgt != IGNORE_INDEX)
+        return terms.total, terms.parts, (pred[ok], tgt[ok])
+
+    def val_pairs(self, model, batch):  # type: ignore[no-untyped-def]
+        out = self._forward(model, batch)
+        l2, l3, le = out.labels()
+        t = batch["target"]
+        ok = batch["valid"] & (t != IGNORE_INDEX)
+        return {"": (le[ok], t[ok]), "2d": (l2[ok], t[ok]), "3d": (l3[ok], t[ok])}
+
+
 class SegmentationModule(L.LightningModule):
     """Training and validation of one segmentation model (camera or LiDAR).
 
@@ -151,7 +224,9 @@ class SegmentationModule(L.LightningModule):
         lut[list(ontology.ignore_ids)] = IGNORE_INDEX
         self.register_buffer("train_lut", torch.from_numpy(lut), persistent=False)
         self.val_cm: ConfusionMatrix | None = None
+        self.val_cms: dict[str, ConfusionMatrix] = {}
         self.last_result: EvalResult | None = None
+        self.last_results: dict[str, EvalResult] = {}
         self._t_batch: float | None = None
 
     # ------------------------------------------------------------------ training
@@ -166,21 +241,15 @@ class SegmentationModule(L.LightningModule):
         return out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        logits, aux, target = self.task.train_outputs(self.model, batch)
-        tgt = self._train_target(target)
-        loss = self.loss_fn(logits, tgt)
-        parts = {"train/loss_main": loss.detach()}
-        if aux is not None and self.config.aux_weight > 0:
-            aux_loss = self.loss_fn(aux, tgt)
-            parts["train/loss_aux"] = aux_loss.detach()
-            loss = loss + self.config.aux_weight * aux_loss
+        loss, parts, (pred, tgt) = self.task.loss(self.model, batch, self.loss_fn, self._train_target,
+                                                  self.config.aux_weight)
         n = self.task.samples(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        if aux is not None:
-            self.log_dict(parts, batch_size=n)
+        if parts:
+            self.log_dict({f"train/loss_{k}": v for k, v in parts.items()}, batch_size=n)
         with torch.no_grad():
             ok = tgt != IGNORE_INDEX
-            acc = (class_ids(logits)[ok] == tgt[ok]).float().mean() if bool(ok.any()) else torch.tensor(0.0)
+            acc = (pred[ok] == tgt[ok]).float().mean() if bool(ok.any()) else torch.tensor(0.0)
         self.log("train/acc", acc * 100.0, batch_size=n)
         now = time.perf_counter()
         if self._t_batch is not None:
@@ -213,19 +282,33 @@ class SegmentationModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self.val_cm = self.preset.confusion_matrix()
+        self.val_cms = {"": self.val_cm}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        pred, target = self.task.val_pairs(self.model, batch)
-        assert self.val_cm is not None
-        self.val_cm.update(pred.to(torch.int64), target.to(torch.int64))
+        out = self.task.val_pairs(self.model, batch)
+        groups = out if isinstance(out, dict) else {"": out}
+        for key, (pred, target) in groups.items():
+            cm = self.val_cms.get(key)
+            if cm is None:
+                cm = self.val_cms[key] = self.preset.confusion_matrix()
+            cm.update(pred.to(torch.int64), target.to(torch.int64))
 
     def on_validation_epoch_end(self) -> None:
         cm = self.val_cm
         if cm is None:
             return
+        for key in sorted(k for k in self.val_cms if k):  # further predictions (2D, 3D of a fusion model)
+            other = self.val_cms[key]
+            other.all_reduce()
+            r = self.preset.evaluate(other)
+            self.last_results[key] = r
+            for name, value in r.summary().items():
+                if name in ("mIoU", "mAcc", "aAcc") and value is not None:
+                    self.log(f"val/{name}_{key}", float(value), sync_dist=False)  # type: ignore[arg-type]
         cm.all_reduce()
         res = self.preset.evaluate(cm)
         self.last_result = res
+        self.last_results[""] = res
         summ = res.summary()
         miou = summ.get("mIoU")
         # rank-identical values (after all_reduce), so no sync is needed
@@ -253,7 +336,7 @@ class SegmentationModule(L.LightningModule):
         return lambda: timer.time_elapsed("train") / float(limit)
 
     def configure_optimizers(self) -> Any:
-        opt = build_optimizer(self.model, self.config.optim)
+        opt = build_optimizer(self.model, self.config.optim, self.task.lr_multipliers)
         total = int(self.trainer.estimated_stepping_batches)
         factor = lr_factor(self.config.schedule, total, self._time_fraction())
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=factor)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -29,7 +29,8 @@ _STAGE_PATTERNS = (
     re.compile(r"(?:^|\.)blocks[._](\d+)"),         # efficientnet / mobilenet / vit: blocks.4
     re.compile(r"(?:^|\.)features[._](\d+)"),       # torchvision-style: features.6
 )
-ENCODER_PREFIXES = ("encoder.", "backbone.", "model.encoder.", "model.pixel_level_module.encoder.")
+ENCODER_PREFIXES = ("encoder.", "backbone.", "model.encoder.", "model.pixel_level_module.encoder.",
+                    "net2d.encoder.")  # the last: the image encoder of a cross-modal model
 
 
 def _is_encoder(name: str) -> bool:
@@ -69,9 +70,15 @@ def _no_decay(name: str, p: torch.Tensor) -> bool:
     return p.ndim <= 1 or name.endswith(".bias")
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Parameter groups with per-group ``lr`` and ``weight_decay`` (and ``lr_scale`` for logging)."""
+def param_groups(model: nn.Module, cfg: OptimConfig,
+                 lr_multipliers: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+    """Parameter groups with per-group ``lr`` and ``weight_decay`` (and ``lr_scale`` for logging).
+
+    ``lr_multipliers`` maps parameter-name prefixes to a further learning-rate factor (the first
+    matching prefix applies), e.g. ``{"net2d.": 0.1}`` for the 2D network of a cross-modal model.
+    """
     depths, top = encoder_depths(model) if (cfg.layer_decay < 1.0 or cfg.encoder_lr_mult != 1.0) else ({}, 0)
+    mults = dict(lr_multipliers or {})
     groups: dict[tuple[float, float], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -79,6 +86,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
         scale = 1.0
         if name in depths:
             scale = cfg.encoder_lr_mult * cfg.layer_decay ** (top - depths[name])
+        scale *= next((f for pre, f in mults.items() if name.startswith(pre)), 1.0)
         wd = 0.0 if (cfg.no_decay_norm_bias and _no_decay(name, p)) else cfg.weight_decay
         key = (round(scale, 12), wd)
         g = groups.setdefault(key, {"params": [], "lr": cfg.lr * scale, "initial_lr": cfg.lr * scale,
@@ -88,9 +96,10 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     return sorted(groups.values(), key=lambda g: (g["lr_scale"], g["weight_decay"]))
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig,
+                    lr_multipliers: Mapping[str, float] | None = None) -> torch.optim.Optimizer:
     """AdamW / Adam / SGD over :func:`param_groups`."""
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg)]
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg, lr_multipliers)]
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if cfg.name == "adam":

@@ -31,6 +31,10 @@ Output convention (all architectures, see :mod:`terraseg.models.image.base`): ``
 resolution in eval mode; in train mode models with an auxiliary head (``model.has_aux``) return
 ``{"out": logits, "aux": aux_logits}`` (both at input resolution), the others the logits tensor.
 Any ``H``, ``W`` work (inputs are padded to a multiple of 32 internally).
+``model.forward_features(x)`` (every architecture but Mask2Former) returns the per-pixel features
+before the classifier and the classifier's logits at the decoder's stride
+(:class:`~terraseg.models.image.base.PixelFeatures`), for heads that read features at given pixels
+(the cross-modal models of :mod:`terraseg.models.fusion`).
 
 Inference: :class:`ImagePredictor` runs a model on ``(H, W, 3)`` uint8 images (normalisation,
 base size, whole-image or sliding-window inference, :class:`TTAConfig` test-time augmentation);
@@ -42,7 +46,7 @@ model) or ``weights="model.pth"`` (a local checkpoint, loaded with class remappi
 :func:`terraseg.models.surgery.load_weights`).
 """
 
-from terraseg.models.image.base import ImageSegmenter, ModelOutput, unpack_outputs
+from terraseg.models.image.base import ImageSegmenter, ModelOutput, PixelFeatures, unpack_outputs
 from terraseg.models.image.factory import (
     ImageArch,
     build_image_model,
@@ -67,6 +71,7 @@ __all__ = [
     "ModelOutput",
     "TTAConfig",
     "WindowConfig",
+    "PixelFeatures",
     "build_image_model",
     "describe_image_archs",
     "image_arch",

@@ -100,15 +100,26 @@ class ACFNet(ImageSegmenter):
         self.classifier = nn.Sequential(ConvBNAct(channels, channels, 3), nn.Dropout2d(dropout),
                                         nn.Conv2d(channels, num_classes, 1))
         self.class_heads = {"coarse_head.1": 0, "classifier.2": 0}
+        self.feature_channels = int(channels)
 
-    def forward_raw(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class-feature-refined features at stride 4, coarse logits)."""
         features = self.encoder(x)
         low = self.low_level(features[2])                       # stride 4
         ctx = resize_to(self.aspp(features[-1]), low)
         feats = self.fuse(torch.cat([ctx, low], dim=1))         # (N, C, H/4, W/4)
         coarse = self.coarse_head(feats)
-        fine = self.classifier(self.acf(feats, coarse))
-        return fine, (coarse if with_aux else None)
+        return self.acf(feats, coarse), coarse
+
+    def forward_raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._decode(x)[0]
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def forward_raw(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        refined, coarse = self._decode(x)
+        return self.classifier(refined), (coarse if with_aux else None)
 
 
 def build_acfnet(encoder: str, num_classes: int, in_channels: int, encoder_weights: Any, aux: bool,

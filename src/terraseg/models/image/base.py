@@ -19,6 +19,7 @@ Output convention (every architecture follows it):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,6 +33,27 @@ if TYPE_CHECKING:
     from terraseg.models.surgery import TransferReport
 
 ModelOutput = torch.Tensor | dict[str, torch.Tensor]
+
+
+@dataclass
+class PixelFeatures:
+    """Per-pixel features of a batch of images (:meth:`ImageSegmenter.forward_features`).
+
+    Attributes:
+        features: ``(N, C_f, h, w)`` features before the classifier, at the decoder's stride ``s``
+            of the *padded* input (``h = Hp / s``, ``w = Wp / s``).
+        logits: ``(N, num_classes, h, w)``: the model's classifier applied to ``features`` (so
+            upsampling them as :meth:`ImageSegmenter.forward` does gives its output).
+        input_size: ``(H, W)`` of the input images in pixels.
+        padded_size: ``(Hp, Wp)``: the input zero-padded at the bottom / right to a multiple of
+            :attr:`ImageSegmenter.size_divisor`. Input pixel ``(u, v)`` (pixel-centre convention)
+            sits at feature coordinate ``((u + 0.5) * w / Wp - 0.5, (v + 0.5) * h / Hp - 0.5)``.
+    """
+
+    features: torch.Tensor
+    logits: torch.Tensor
+    input_size: tuple[int, int]
+    padded_size: tuple[int, int]
 
 
 class ImageSegmenter(nn.Module):
@@ -56,6 +78,8 @@ class ImageSegmenter(nn.Module):
     """
 
     size_divisor: int = 32
+    feature_channels: int = 0
+    """Channels ``C_f`` of :meth:`forward_features` (0: the architecture does not expose them)."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, has_aux: bool = False) -> None:
         super().__init__()
@@ -82,9 +106,23 @@ class ImageSegmenter(nn.Module):
         """
         raise NotImplementedError
 
+    def forward_raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-pixel features before the classifier for an input padded to :attr:`size_divisor`:
+        ``(N, feature_channels, Hp / s, Wp / s)``; :meth:`classify` turns them into the logits of
+        :meth:`forward_raw`. Architectures that support it set :attr:`feature_channels`."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose per-pixel features")
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The classifier: features ``(N, feature_channels, h, w)`` -> logits ``(N, num_classes, h, w)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its classifier")
+
+    @property
+    def supports_features(self) -> bool:
+        """Whether :meth:`forward_features` is available (cross-modal models need it)."""
+        return self.feature_channels > 0
+
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor) -> ModelOutput:
-        """Logits ``(N, num_classes, H, W)`` (or ``{"out", "aux"}`` in train mode with an aux head)."""
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int, int, int]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} expects input of shape (N, {self.in_channels}, H, W), "
                              f"got {tuple(x.shape)}")
@@ -92,6 +130,27 @@ class ImageSegmenter(nn.Module):
         d = self.size_divisor
         pad_h, pad_w = (-h) % d, (-w) % d
         xp = F.pad(x, (0, pad_w, 0, pad_h)) if (pad_h or pad_w) else x
+        return xp, h, w, pad_h, pad_w
+
+    def forward_features(self, x: torch.Tensor) -> PixelFeatures:
+        """Penultimate per-pixel features and the classifier's logits at the decoder's stride.
+
+        Args:
+            x: ``(N, C_in, H, W)`` normalised images (any size; padded like :meth:`forward`).
+
+        Returns:
+            A :class:`PixelFeatures`; ``logits`` upsampled to the padded size and cropped equal
+            :meth:`forward`'s output (in eval mode).
+        """
+        if not self.supports_features:
+            raise NotImplementedError(f"{type(self).__name__} does not expose per-pixel features")
+        xp, h, w, pad_h, pad_w = self._pad(x)
+        feats = self.forward_raw_features(xp)
+        return PixelFeatures(feats, self.classify(feats), (h, w), (h + pad_h, w + pad_w))
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        """Logits ``(N, num_classes, H, W)`` (or ``{"out", "aux"}`` in train mode with an aux head)."""
+        xp, h, w, pad_h, pad_w = self._pad(x)
         want_aux = self.training and self.has_aux
         logits, aux = self.forward_raw(xp, with_aux=want_aux)
         out = _to_input_size(logits, h, w, h + pad_h, w + pad_w)

@@ -344,6 +344,9 @@ def load_image_model(path: str | os.PathLike[str], *, trusted: bool = False, ver
     if ck.kind != "terraseg" or "arch" not in ck.spec:
         raise DataError(f"{path}: not a terraseg model checkpoint (no model spec); build the model with "
                         "build_image_model(arch, encoder, ..., weights=path) instead")
+    if ck.spec.get("arch") == "fusion":
+        raise DataError(f"{path}: a cross-modal (camera + LiDAR) checkpoint, not a camera model; it predicts paired "
+                        "frames (terraseg.models.fusion.FusionPredictor, terraseg eval / predict on a paired dataset)")
     spec = dict(ck.spec)
     model = build_image_model(spec.pop("arch"), spec.pop("encoder", None), spec.pop("num_classes", None),
                               ontology=ck.ontology, **spec)

@@ -64,6 +64,7 @@ class LiteFPN(ImageSegmenter):
             raise ConfigError(f"litefpn output_stride must be 4 or 8 (got {output_stride})")
         self.encoder = encoder
         self.output_stride = output_stride
+        self.feature_channels = int(channels)
         c4, c8, c16, c32 = (int(c) for c in list(encoder.out_channels)[-4:])
         self.context = LRASPPContext(c32, channels)
         self.lateral16 = ConvBNAct(c16, channels, 1, act=False)
@@ -83,7 +84,8 @@ class LiteFPN(ImageSegmenter):
             self.aux_head = FCNHead(c16, num_classes, channels=aux_channels)
             self.class_heads["aux_head.classifier"] = 0
 
-    def forward_raw(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(decoder features at the output stride, encoder stride-16 features for the aux head)."""
         feats = self.encoder(x)
         f8, f16, f32 = feats[-3], feats[-2], feats[-1]
         y = self.context(f32)
@@ -92,6 +94,16 @@ class LiteFPN(ImageSegmenter):
         if self.lateral4 is not None and self.refine4 is not None:
             f4 = feats[-4]
             y = self.refine4(resize_to(y, f4) + self.lateral4(f4))
+        return y, f16
+
+    def forward_raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._decode(x)[0]
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def forward_raw(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, f16 = self._decode(x)
         logits = self.classifier(y)
         aux = self.aux_head(f16) if (with_aux and self.aux_head is not None) else None
         return logits, aux

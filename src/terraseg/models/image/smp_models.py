@@ -56,11 +56,18 @@ class SMPSegmenter(ImageSegmenter):
         self.decoder = net.decoder
         self.segmentation_head = net.segmentation_head
         self.class_heads = {"segmentation_head.0": 0}
+        self.feature_channels = int(self.segmentation_head[0].in_channels)
         self.aux_head: FCNHead | None = None
         if aux:
             stage3_ch = int(self.encoder.out_channels[-2])
             self.aux_head = FCNHead(stage3_ch, num_classes, channels=aux_channels)
             self.class_heads["aux_head.classifier"] = 0
+
+    def forward_raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.segmentation_head(features)
 
     def forward_raw(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         features = self.encoder(x)

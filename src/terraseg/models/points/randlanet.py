@@ -247,7 +247,8 @@ class AttentivePooling(nn.Module):
         w = self.score.weight  # (d, d): input columns [neighbour features | f_xyz]
         logits = gather(features @ w[:, :h].t(), neighbors)  # (B, N, K, d)
         d = logits.shape[-1]
-        logits.view(-1, d).addmm_(f_xyz.reshape(-1, f_xyz.shape[-1]), w[:, h:].t())
+        # in-place addmm is outside autocast: under mixed precision the gathered logits are bf16 / fp16
+        logits.view(-1, d).addmm_(f_xyz.reshape(-1, f_xyz.shape[-1]).to(logits.dtype), w[:, h:].t().to(logits.dtype))
         scores = torch.softmax(logits, dim=2)
         del logits
         pooled_nb = _weighted_sum(gather(features, neighbors), scores[..., :h], owned=True)
@@ -366,7 +367,23 @@ class RandLANet(nn.Module):
             raise DataError(f"RandLA-Net inputs: {nb.shape[-1]} neighbours per point, the model was configured "
                             f"with k={self.config.k}")
 
+    @property
+    def feature_dim(self) -> int:
+        """Width of :meth:`forward_features` (the second head MLP, 32 by default)."""
+        return int(self.config.head_channels[1])
+
     def forward(self, inputs: dict[str, object]) -> Tensor:
+        """Logits (B, N, num_classes) of the level-0 points (see the class docstring)."""
+        return self.classify(self.forward_features(inputs))
+
+    def classify(self, features: Tensor) -> Tensor:
+        """The classifier (dropout, linear): features (..., feature_dim) -> logits (..., num_classes)."""
+        return self.head[3](self.head[2](features))
+
+    def forward_features(self, inputs: dict[str, object]) -> Tensor:
+        """Per-point features (B, N, feature_dim) before the classifier: the network up to the
+        head's two MLPs (what :meth:`classify` reads; heads of other models, such as the
+        cross-modal ones of :mod:`terraseg.models.fusion`, can read them too)."""
         self._check(inputs)
         feats: Tensor = inputs["features"]  # type: ignore[assignment]
         xyz: list[Tensor] = list(inputs["xyz"])  # type: ignore[call-overload]
@@ -388,4 +405,4 @@ class RandLANet(nn.Module):
         for j, dec in enumerate(self.decoder):
             lvl = len(self.encoder) - 1 - j
             x = dec(torch.cat([skips[lvl], gather(x, ups[lvl])], dim=-1))
-        return self.head(x)
+        return self.head[1](self.head[0](x))
