@@ -175,6 +175,8 @@ LIDAR_PRESETS: dict[str, LidarConfig] = {
     "os1-64-1024": LidarConfig(64, 16.6, -16.6, 1024, 120.0, 0.3, 0.015, 0.02, name="os1-64-1024"),
     "vlp-32": LidarConfig(32, 15.0, -25.0, 1800, 100.0, 0.5, 0.02, 0.02, name="vlp-32"),
     "small": LidarConfig(32, 15.0, -20.0, 512, 80.0, 0.5, 0.02, 0.02, name="small"),
+    # Velodyne VLP-16 ("Puck") at 20 Hz: 16 beams 2 deg apart over +-15 deg, 0.4 deg steps, +-3 cm
+    "vlp-16": LidarConfig(16, 15.0, -15.0, 900, 100.0, 0.5, 0.03, 0.02, name="vlp-16"),
 }
 
 CAMERA_PRESETS: dict[str, CameraConfig] = {
