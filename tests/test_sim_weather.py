@@ -51,15 +51,18 @@ def luminance(image: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the domains
 def test_every_terrain_comes_in_every_weather() -> None:
-    assert list_domains() == ["forest-day", "forest-dusk", "forest-night", "forest-fog",
-                              "meadow-day", "meadow-dusk", "meadow-night", "meadow-fog"]
+    assert list_domains() == ["forest-day", "forest-dusk", "forest-night", "forest-fog", "forest-rain",
+                              "meadow-day", "meadow-dusk", "meadow-night", "meadow-fog", "meadow-rain"]
     night, fog = get_domain("forest-night").weather, get_domain("meadow-fog").weather
     assert night.headlights and not night.has_sun and night.exposure > WEATHERS["day"].exposure
     assert night.noise > WEATHERS["day"].noise and night.lidar_extinction == 0 and night.lidar_clutter == 0
     assert fog.fog_distance < 25 and fog.lidar_extinction > 0 and 0 < fog.lidar_clutter < 1 and not fog.headlights
-    for name in ("day", "dusk"):  # the weathers that existed before: no lamps, clear air for the LiDAR
+    rain = WEATHERS["rain"]
+    assert rain.wetness == 1 and rain.rain_streaks > 0 and 0 < rain.lidar_extinction < fog.lidar_extinction
+    for name in ("day", "dusk"):  # the weathers that existed before: no lamps, clear air for the LiDAR, dry
         w = WEATHERS[name]
         assert w.has_sun and not w.headlights and w.lidar_extinction == 0 and w.lidar_clutter == 0 and w.clouds == 1
+        assert w.wetness == 0 and w.rain_streaks == 0
 
 
 # Recorded with the simulator as it was before night and fog existed (commit 7bc0042): a tiny
@@ -204,6 +207,28 @@ def test_fog_reduces_contrast_with_distance(forest, pose) -> None:
     assert np.abs(fog.image[sky].astype(np.float64) - fog_display).mean() < 8  # the sky is fog
 
 
+# --------------------------------------------------------------------------- rain, camera
+def test_rain_wets_the_ground_and_draws_falling_drops(forest, pose) -> None:
+    rig = Rig(camera=CAMERA_PRESETS["small"], lidar=None)
+    rain = render(forest, pose, rig, "forest-rain", seed=2)
+    no_drops = Domain("forest-rain", "forest", dataclasses.replace(WEATHERS["rain"], rain_streaks=0.0))
+    dry = Domain("forest-rain", "forest", dataclasses.replace(WEATHERS["rain"], rain_streaks=0.0, wetness=0.0))
+    still = render(forest, pose, rig, no_drops, seed=2)
+    dried = render(forest, pose, rig, dry, seed=2)
+    lum, lum_still, lum_dry = luminance(rain.image), luminance(still.image), luminance(dried.image)
+    # streaks: a few per cent of the pixels, brighter than what is behind them (they refract the sky)
+    drop = np.abs(rain.image.astype(int) - still.image.astype(int)).max(axis=2) > 0
+    assert 0.005 < drop.mean() < 0.15
+    assert lum[drop].mean() > lum_still[drop].mean() + 5
+    # the wet trail far ahead mirrors the bright sky (grazing angles); near grass just gets darker
+    z, lab = rain.meta["depth"], rain.image_labels
+    trail = np.isin(lab, [sim_class(c) for c in ("dirt", "mud", "puddle")]) & (z > 15) & (z < 60) & ~drop
+    grass = (lab == sim_class("low_grass")) & (z > 2) & (z < 8) & ~drop
+    assert trail.sum() > 100 and grass.sum() > 500
+    assert lum_still[trail].mean() > lum_dry[trail].mean() + 15
+    assert lum_still[grass].mean() < 0.9 * lum_dry[grass].mean()
+
+
 # --------------------------------------------------------------------------- fog, LiDAR
 def test_fog_survival_formula() -> None:
     # hand-computed: margin ln(0.1 / 0.02) + 2 ln(80 / 40) = 2.995732 nepers, fog takes 2 * 0.05 * 40 = 4
@@ -223,22 +248,33 @@ def _rays(f, cfg) -> np.ndarray:
     return f.meta["lidar_ring"].astype(np.int64) * cfg.azimuth_steps + f.meta["lidar_column"]
 
 
+@pytest.mark.parametrize("weather", ["fog", "rain"])
+def test_lidar_returns_in_bad_weather_are_the_clear_returns_dimmed(forest, pose, weather: str) -> None:
+    cfg = LIDAR.lidar
+    clear = render(forest, pose, LIDAR, "forest-day", seed=9)
+    bad = render(forest, pose, LIDAR, f"forest-{weather}", seed=9)
+    rc, rb = _rays(clear, cfg), _rays(bad, cfg)
+    assert (np.diff(rb) > 0).all()  # ray order, one return per ray
+    hard = bad.point_labels != 0
+    assert 0 < (~hard).sum() < 0.05 * len(bad.points)  # some backscatter, labelled void
+    # every hard return is the clear-air return of its ray, dimmed by the two-way transmission
+    idx = np.searchsorted(rc, rb[hard])
+    assert (rc[idx] == rb[hard]).all()
+    np.testing.assert_array_equal(bad.points[hard, :3], clear.points[idx, :3])
+    np.testing.assert_array_equal(bad.point_labels[hard], clear.point_labels[idx])
+    r = np.linalg.norm(clear.points[idx, :3].astype(np.float64), axis=1)
+    t2 = np.exp(-2 * WEATHERS[weather].lidar_extinction * r)
+    np.testing.assert_allclose(bad.points[hard, 3], clear.points[idx, 3] * t2, rtol=1e-5, atol=1e-7)
+
+
 def test_lidar_fog_drops_the_documented_fraction_of_far_returns(forest, pose) -> None:
     cfg = LIDAR.lidar
     weather = WEATHERS["fog"]
     clear = render(forest, pose, LIDAR, "forest-day", seed=9)
     fog = render(forest, pose, LIDAR, "forest-fog", seed=9)
     rc, rf = _rays(clear, cfg), _rays(fog, cfg)
-    assert (np.diff(rf) > 0).all()  # ray order, one return per ray
     hard = fog.point_labels != 0
-    # every hard return in fog is the clear-air return of its ray, dimmed by the two-way transmission
-    idx = np.searchsorted(rc, rf[hard])
-    assert (rc[idx] == rf[hard]).all()
-    np.testing.assert_array_equal(fog.points[hard, :3], clear.points[idx, :3])
-    np.testing.assert_array_equal(fog.point_labels[hard], clear.point_labels[idx])
     r = np.linalg.norm(clear.points[:, :3].astype(np.float64), axis=1)
-    t2 = np.exp(-2 * weather.lidar_extinction * r[idx])
-    np.testing.assert_allclose(fog.points[hard, 3], clear.points[idx, 3] * t2, rtol=1e-5, atol=1e-7)
     # the surviving fraction per range band matches fog_survival (binomial, 4 sigma)
     p = fog_survival(r, clear.points[:, 3], weather.lidar_extinction, cfg.max_range)
     kept = np.isin(rc, rf[hard])
@@ -274,7 +310,7 @@ def test_lidar_fog_backscatter_is_near_void_and_at_the_documented_rate(forest, p
 
 def test_weathers_are_deterministic(forest, pose, tmp_path: Path) -> None:
     rig = Rig(camera=CAMERA_PRESETS["tiny"], lidar=LIDAR_PRESETS["small"])
-    for name in ("forest-night", "forest-fog"):
+    for name in ("forest-night", "forest-fog", "forest-rain"):
         a, b = render(forest, pose, rig, name, seed=5), render(forest, pose, rig, name, seed=5)
         np.testing.assert_array_equal(a.image, b.image)
         np.testing.assert_array_equal(a.points, b.points)
@@ -283,7 +319,7 @@ def test_weathers_are_deterministic(forest, pose, tmp_path: Path) -> None:
         assert not np.array_equal(a.image, c.image)  # sensor noise follows the seed
     a, c = render(forest, pose, LIDAR, "forest-fog", seed=5), render(forest, pose, LIDAR, "forest-fog", seed=6)
     assert not np.array_equal(a.points, c.points)  # and so do the fog's draws
-    kw = dict(frames=4, seed=2, domain="meadow-fog", camera="tiny", lidar="small", progress=False, worlds="per-split",
+    kw = dict(frames=4, seed=2, domain="meadow-fog", camera="tiny", lidar="small", progress=False,
               splits={"train": 0.5, "val": 0.25, "test": 0.25})
     simulate_dataset(tmp_path / "a", **kw)
     simulate_dataset(tmp_path / "b", **kw)

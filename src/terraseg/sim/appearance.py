@@ -48,6 +48,14 @@ _REFLECTIVITY: dict[str, float] = {
 }
 
 
+# How smooth a water film a class holds when wet (0..1): puddles and mud mirror the sky, grass barely
+_WET_FILM: dict[str, float] = {
+    "void": 0.0, "sky": 0.0, "dirt": 0.55, "gravel": 0.45, "mud": 0.85, "low_grass": 0.12, "high_grass": 0.08,
+    "bush": 0.05, "tree_trunk": 0.1, "tree_crown": 0.05, "log": 0.3, "rock": 0.5, "rubble": 0.35, "water": 1.0,
+    "puddle": 1.0, "fence": 0.3, "pole": 0.4, "building": 0.5, "vehicle": 0.8, "person": 0.2,
+}
+
+
 def _class_table(values: dict[str, object]) -> list[object]:
     from terraseg.ontology import get_ontology
 
@@ -62,6 +70,11 @@ def appearance_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
             np.array([r[3] for r in rows]))
 
 
+def wet_film_table() -> np.ndarray:
+    """(C,) how smooth a water film each sim class holds when wet (0..1)."""
+    return np.array(_class_table(_WET_FILM), dtype=np.float64)  # type: ignore[arg-type]
+
+
 def reflectivity_table() -> np.ndarray:
     return np.array(_class_table(_REFLECTIVITY), dtype=np.float64)  # type: ignore[arg-type]
 
@@ -74,7 +87,12 @@ class Weather:
     sky ambient, the sky's colours, exponential fog (``1 - exp(-t / fog_distance)`` of a surface
     ``t`` metres away is replaced by ``fog_color``), sensor noise and exposure. ``headlights``
     switches on the rig's lamps (:class:`terraseg.sim.sensors.Headlights`): spot lights with an
-    inverse-square fall-off, added to the sun and sky light.
+    inverse-square fall-off, added to the sun and sky light. ``wetness`` darkens every surface
+    (by up to 35 %) and lets a water film on surfaces facing up mirror the sky with Schlick's
+    Fresnel term (water, F0 = 0.02), strong at grazing angles, in proportion to how smooth a film
+    the class holds (puddles and mud most, grass and leaves barely); ``rain_streaks`` draws
+    drops falling in three layers 1.2, 2.5 and 5 m in front of the camera, each as the streak it
+    covers during the exposure, blended with this opacity.
 
     LiDAR (see :mod:`terraseg.sim.atmosphere`): ``lidar_extinction`` (1/m) attenuates every return
     by the two-way transmission ``exp(-2 alpha r)`` and drops the returns whose link budget it
@@ -99,6 +117,8 @@ class Weather:
     lidar_extinction: float = 0.0    # 1/m, extinction coefficient of the air at the LiDAR's wavelength
     lidar_clutter: float = 0.0       # probability of a backscatter return on a ray without a hard return
     lidar_clutter_scale: float = 1.5  # metres, scale of the Gamma(2) backscatter range past min_range
+    wetness: float = 0.0             # 0..1: wet surfaces, darker, the ground mirroring the sky
+    rain_streaks: float = 0.0        # opacity of the streaks of falling drops in front of the camera (0: none)
 
     @property
     def has_sun(self) -> bool:
@@ -121,6 +141,11 @@ WEATHERS: dict[str, Weather] = {
     "fog": Weather("fog", 40.0, 135.0, (0.0, 0.0, 0.0), (0.50, 0.52, 0.55), (0.62, 0.64, 0.67), (0.60, 0.62, 0.65),
                    18.0, (0.60, 0.62, 0.65), 0.02, 1.0, clouds=0.0, lidar_extinction=0.05, lidar_clutter=0.03,
                    lidar_clutter_scale=1.5),
+    # heavy rain: overcast, haze at 140 m, wet ground mirroring the sky, streaks of falling drops;
+    # the LiDAR loses a little range (0.004 / m) and sees a few drops close by (0.5 % of free rays)
+    "rain": Weather("rain", 40.0, 135.0, (0.0, 0.0, 0.0), (0.30, 0.32, 0.36), (0.40, 0.42, 0.46), (0.56, 0.58, 0.62),
+                    140.0, (0.50, 0.52, 0.55), 0.025, 1.1, clouds=0.0, lidar_extinction=0.004, lidar_clutter=0.005,
+                    lidar_clutter_scale=2.0, wetness=1.0, rain_streaks=0.3),
 }
 
 
@@ -188,7 +213,7 @@ def _surface_noise(px, py, pz, nx, ny, nz, s, seed):  # type: ignore[no-untyped-
 @numba.njit(cache=True, parallel=True)
 def _shade(t, cls, inst, normal, dirs, cam, shadow, albedo, jitter, tex_amp, tex_scale, sun, sun_col, ambient,
            sky_zen, sky_hor, fog_dist, fog_col, exposure, noise, seed, clouds, lamps, lamp_i, cone, lamp_col,
-           out):  # type: ignore[no-untyped-def]
+           wetness, film, rain, width, focal, out):  # type: ignore[no-untyped-def]
     n = t.shape[0]
     n_lamps = lamps.shape[0]
     gamma_lut = (np.arange(4097) / 4096.0) ** (1.0 / 2.2) * 255.0 + 0.5
@@ -208,6 +233,8 @@ def _shade(t, cls, inst, normal, dirs, cam, shadow, albedo, jitter, tex_amp, tex
                 cloud = max(cl, 0.0) * 0.35 * min(1.0, dz * 4 + 0.2) * clouds
             for c in range(3):
                 rgb[c] = (sky_hor[c] * (1 - g) + sky_zen[c] * g + glow * sun_col[c] + cloud) * exposure
+            if rain > 0.0:
+                _rain_streaks(rgb, i, np.inf, width, focal, rain, sky_hor, exposure, seed)
             _finish(rgb, i, noise, seed, gamma_lut, out)
             continue
         k = cls[i]
@@ -241,6 +268,15 @@ def _shade(t, cls, inst, normal, dirs, cam, shadow, albedo, jitter, tex_amp, tex
                 continue
             d2 = lx * lx + ly * ly + lz * lz
             head += lamp_i * sh * sv * inc / np.sqrt(d2) / max(d2, 1.0)
+        # wet surfaces: darker, and a water film on the ground mirrors the sky (Schlick's Fresnel
+        # term, water F0 = 0.02: strong at the grazing angles of the trail ahead)
+        sheen = 0.0
+        gs = 0.0
+        if wetness > 0.0 and nz > 0.5:
+            cv = min(max(-(dx * nx + dy * ny + dz * nz), 0.0), 1.0)
+            sheen = wetness * film[k] * (nz - 0.5) * 2.0 * (0.02 + 0.98 * (1.0 - cv) ** 5)
+            rz = dz + 2.0 * cv * nz  # z of the mirrored view ray
+            gs = np.sqrt(min(max(rz, 0.0), 1.0))
         for c in range(3):
             jc = j0 if c == 0 else (j1 if c == 1 else j2)
             a = albedo[k, c] * (1.0 + tex_amp[k] * tex + 0.18 * drift) + jc
@@ -249,9 +285,46 @@ def _shade(t, cls, inst, normal, dirs, cam, shadow, albedo, jitter, tex_amp, tex
                 v = a * (ambient[c] * sky_term + sun_col[c] * lam + head * lamp_col[c])
             else:
                 v = a * (ambient[c] * sky_term + sun_col[c] * lam)
+            if wetness > 0.0:
+                v = v * (1.0 - 0.35 * wetness) * (1.0 - sheen) + sheen * (sky_hor[c] * (1 - gs) + sky_zen[c] * gs)
             v = v * (1 - fog) + fog_col[c] * fog
             rgb[c] = v * exposure
+        if rain > 0.0:
+            _rain_streaks(rgb, i, t[i], width, focal, rain, sky_hor, exposure, seed)
         _finish(rgb, i, noise, seed, gamma_lut, out)
+
+
+# rain drops: layers (distance from the camera, metres); drops 0.25 m apart across the view, each
+# drawn as the 0.13 m streak it falls during the exposure (8 m/s over 1/60 s), 1 px wide or more
+_RAIN_LAYERS = (1.2, 2.5, 5.0)
+
+
+@numba.njit(cache=True, inline="always")
+def _rain_streaks(rgb, i, t, width, focal, opacity, col, exposure, seed):  # type: ignore[no-untyped-def]
+    """Blend the streaks of falling drops in front of the surface (``t`` m away) into ``rgb``: a
+    drop refracts the bright sky behind it; nearer layers are sparser on screen and longer."""
+    v, u = divmod(i, width)
+    for li in range(len(_RAIN_LAYERS)):
+        z = _RAIN_LAYERS[li]
+        if z >= t:
+            break
+        spacing = focal * 0.25 / z   # pixels between drop columns
+        length = focal * 0.13 / z    # streak length, pixels
+        half_w = max(0.5, focal * 0.003 / z)
+        col_i = int(np.floor(u / spacing))
+        x_d = (col_i + 0.5 + 0.4 * _hash3(col_i, li, 3, seed)) * spacing
+        if abs(u + 0.5 - x_d) > half_w:
+            continue
+        cell = 4.0 * length           # a drop per 4 streak lengths down the column
+        shift = (0.5 + 0.5 * _hash3(col_i, li, 5, seed)) * cell
+        row_i = int(np.floor((v + 0.5 + shift) / cell))
+        y0 = (0.5 + 0.5 * _hash3(col_i, row_i, li + 11, seed)) * (cell - length)
+        pos = v + 0.5 + shift - row_i * cell - y0
+        if pos < 0.0 or pos > length:
+            continue
+        a = opacity * (0.6 + 0.4 * (z / _RAIN_LAYERS[-1]))
+        for c in range(3):
+            rgb[c] = rgb[c] * (1.0 - a) + a * min(col[c] * 1.25, 1.0) * exposure
 
 
 @numba.njit(cache=True, inline="always")
@@ -277,12 +350,12 @@ def _finish(rgb, i, noise, seed, gamma_lut, out):  # type: ignore[no-untyped-def
 
 def shade(t: np.ndarray, cls: np.ndarray, inst: np.ndarray, normal: np.ndarray, dirs: np.ndarray, cam: np.ndarray,
           shadow: np.ndarray, weather: Weather, rng: np.random.Generator, size: tuple[int, int],
-          lamps: np.ndarray | None = None, headlights: Headlights | None = None) -> np.ndarray:
+          lamps: np.ndarray | None = None, headlights: Headlights | None = None, focal: float = 1.0) -> np.ndarray:
     """The RGB image (H, W, 3) uint8 from per-pixel hits (see :mod:`terraseg.sim.raster`).
 
     ``lamps`` (L, 12): world positions and beam frames of the lit headlights
     (:meth:`~terraseg.sim.sensors.Headlights.world`), with their photometry in ``headlights``;
-    None when the lamps are off.
+    None when the lamps are off. ``focal``: the camera's focal length in pixels (rain streaks).
     """
     albedo, jitter, amp, scale = appearance_tables()
     sun = sun_direction(weather)
@@ -297,7 +370,7 @@ def shade(t: np.ndarray, cls: np.ndarray, inst: np.ndarray, normal: np.ndarray, 
            np.array(weather.sky_zenith), np.array(weather.sky_horizon), float(weather.fog_distance),
            np.array(weather.fog_color), float(weather.exposure), float(weather.noise),
            int(rng.integers(0, 2**31 - 1)), float(weather.clouds), np.ascontiguousarray(lamps, dtype=np.float64),
-           lamp_i, cone, lamp_col, out)
+           lamp_i, cone, lamp_col, float(weather.wetness), wet_film_table(), float(weather.rain_streaks), int(size[0]), float(focal), out)
     w, h = size
     return out.reshape(h, w, 3)
 

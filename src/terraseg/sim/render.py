@@ -66,7 +66,7 @@ def _render_camera(world: World, pose: np.ndarray, rig: Rig, dom: Domain, rng: n
     w, h = cam_cfg.width, cam_cfg.height
     lamps = rig.headlights.world(pose) if dom.weather.headlights else None
     frame.image = shade(hits.t, hits.cls, hits.inst, hits.normal, dirs, c, shadow, dom.weather, rng, (w, h),
-                        lamps=lamps, headlights=rig.headlights)
+                        lamps=lamps, headlights=rig.headlights, focal=float(cam_cfg.K[0, 0]))
     labels = np.where(hit, hits.cls, sim_class("sky")).astype(np.uint8)
     frame.image_labels = labels.reshape(h, w)
     frame.image_instances = np.where(hit, hits.inst, 0).astype(np.uint16).reshape(h, w)
