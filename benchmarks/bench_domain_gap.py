@@ -144,7 +144,7 @@ def fmt(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default="bench-domain-gap", help="folder for datasets, runs and scores (reused)")
+    p.add_argument("--work", default="runs/domain-gap", help="folder for datasets, runs and scores (reused)")
     p.add_argument("--scenarios", default="forest-day:forest-fog", help="SOURCE:TARGET[,...], a side DOMAIN[@LIDAR]")
     p.add_argument("--seeds", default="0", help="training seeds, comma-separated (mean +- std over them)")
     p.add_argument("--data-seed", type=int, default=1, help="world seed of the source (targets: + 10)")
