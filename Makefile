@@ -42,7 +42,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	@# bench_domain_gap.py trains models for half an hour: run it on its own (docs/benchmarks.md)
+	@for f in benchmarks/bench_*.py; do [ $$f = benchmarks/bench_domain_gap.py ] && continue; \
+		echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)

@@ -201,3 +201,35 @@ def test_bench_voxel_runs() -> None:
     header, rows = _table(train, "model")
     assert header == ["model", "step", "min", "cpu", "x", "randla"]
     assert [r[0] for r in rows] == ["randlanet:small", "voxelunet:small"] and rows[0][-1] == "1.00"
+
+
+def test_bench_domain_gap_runs(tmp_path: Path) -> None:
+    out = _run("bench_domain_gap.py", "--smoke", "--threads", "1", "--work", str(tmp_path / "gap"),
+               "--scenarios", "forest-day:forest-fog")
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| scenario |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    assert header == ["scenario", "modality", "source on source test", "source-only", "target-supervised",
+                      "gap (points)", "gap >= 5"]
+    assert set(lines[start + 1]) == {"|", "-"}
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2:start + 4]]
+    assert [r[:2] for r in rows] == [["forest-day@small -> forest-fog@small", "2D"],
+                                     ["forest-day@small -> forest-fog@small", "3D"]]
+    for r in rows:
+        own, source_only, target, gap = map(float, r[2:6])
+        assert 0 <= min(own, source_only, target) and max(own, source_only, target) <= 100
+        assert gap == pytest.approx(target - source_only, abs=0.11)  # each printed with one decimal
+        assert r[6] == ("yes" if gap >= 5 else "no")
+    assert "camera 2 steps, LiDAR 2 steps, seeds 0" in out
+    # every number comes from a printed terraseg command: 2 sims, 2 x 2 trainings, 2 x 3 evaluations
+    commands = [line[2:] for line in lines if line.startswith("$ terraseg ")]
+    assert [c.split()[1] for c in commands] == ["sim", "sim"] + ["train", "train", "eval", "eval", "eval"] * 2
+    assert "12 command(s) run" in out
+    assert (tmp_path / "gap" / "runs" / "forest-fog-w11-camera-s0-2steps" / "checkpoints" / "last.pth").is_file()
+    # a second run reuses the datasets, checkpoints and scores: no command, the same table
+    again = _run("bench_domain_gap.py", "--smoke", "--threads", "1", "--work", str(tmp_path / "gap"),
+                 "--scenarios", "forest-day:forest-fog")
+    assert "$ terraseg" not in again and "0 command(s) run" in again
+    again_lines = again.splitlines()
+    s2 = again_lines.index(lines[start])
+    assert again_lines[s2:s2 + 4] == lines[start:start + 4]

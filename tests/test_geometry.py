@@ -643,7 +643,7 @@ def test_range_projection_config_errors_and_presets() -> None:
     with pytest.raises(ConfigError, match="unknown range projection preset 'hdl' \\(known: "):
         RangeProjection.preset("hdl")
     assert set(PRESETS) == {"velodyne-hdl64e", "velodyne-vls128", "ouster-os1-64", "rellis3d-os1-64",
-                            "sim-os1-64", "sim-os1-64-1024", "sim-vlp-32", "sim-small"}
+                            "sim-os1-64", "sim-os1-64-1024", "sim-vlp-32", "sim-small", "sim-vlp-16"}
     vls = RangeProjection.preset("velodyne-vls128")
     assert (vls.height, vls.width) == (128, 1800)
     assert vls.elevations[0] == 15.0 and vls.elevations[-1] == -25.0

@@ -240,6 +240,7 @@ PRESETS.update({
     "sim-os1-64-1024": _sim_lidar("sim-os1-64-1024", 64, 16.6, -16.6, 1024),
     "sim-vlp-32": _sim_lidar("sim-vlp-32", 32, 15.0, -25.0, 1800),
     "sim-small": _sim_lidar("sim-small", 32, 15.0, -20.0, 512),
+    "sim-vlp-16": _sim_lidar("sim-vlp-16", 16, 15.0, -15.0, 900),
 })
 
 

@@ -4,7 +4,7 @@ and a spinning LiDAR with per-point labels. No GPU, no download.
 >>> from terraseg.sim import generate_world, trail_poses, render
 >>> world = generate_world(seed=0, style="forest")
 >>> poses, times = trail_poses(world, frames=3)
->>> frame = render(world, poses[0], domain="forest-dusk")           # doctest: +SKIP
+>>> frame = render(world, poses[0], domain="forest-fog")            # doctest: +SKIP
 >>> frame.image.shape, frame.points.shape                            # doctest: +SKIP
 ((480, 640, 3), (..., 4))
 """
@@ -12,7 +12,7 @@ and a spinning LiDAR with per-point labels. No GPU, no download.
 from terraseg.sim.appearance import WEATHERS, Domain, Weather, get_domain, list_domains
 from terraseg.sim.raycast import Hits, cast_rays
 from terraseg.sim.render import render, trail_poses, vehicle_pose
-from terraseg.sim.sensors import CAMERA_PRESETS, LIDAR_PRESETS, CameraConfig, LidarConfig, Rig
+from terraseg.sim.sensors import CAMERA_PRESETS, LIDAR_PRESETS, CameraConfig, Headlights, LidarConfig, Rig
 from terraseg.sim.world import TERRAIN_STYLES, TerrainStyle, World, generate_world
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "WEATHERS",
     "CameraConfig",
     "Domain",
+    "Headlights",
     "Hits",
     "LidarConfig",
     "Rig",

@@ -7,7 +7,8 @@ import numba
 import numpy as np
 
 from terraseg.frame import Frame
-from terraseg.sim.appearance import Domain, get_domain, reflectivity_table, shade, sun_direction
+from terraseg.sim.appearance import Domain, Weather, get_domain, reflectivity_table, shade, sun_direction
+from terraseg.sim.atmosphere import apply_lidar_weather
 from terraseg.sim.raster import render_camera_hits
 from terraseg.sim.raycast import cast_rays
 from terraseg.sim.sensors import LidarConfig, Rig, rpy_matrix
@@ -37,7 +38,7 @@ def render(world: World, pose: np.ndarray, rig: Rig | None = None, domain: Domai
         _render_camera(world, pose, rig, dom, rng, frame)
         frame.calib = rig.calibration()
     if rig.lidar is not None:
-        _render_lidar(world, pose, rig.lidar, rng, frame)
+        _render_lidar(world, pose, rig.lidar, dom.weather, rng, seed, frame)
         frame.pose = pose @ rig.lidar.T_vehicle_lidar()
     elif rig.camera is not None:
         frame.pose = pose @ rig.camera.T_vehicle_cam()
@@ -57,13 +58,15 @@ def _render_camera(world: World, pose: np.ndarray, rig: Rig, dom: Domain, rng: n
     hit = np.isfinite(hits.t)
     # cast shadows from objects: rays towards the sun, objects only
     shadow = np.ones(len(hits.t))
-    if hit.any():
+    if hit.any() and dom.weather.has_sun:
         sun = sun_direction(dom.weather)
         lit_idx, p = _shadow_origins(hits.t, hits.normal, dirs, c, sun)
         if len(lit_idx):
             shadow = shadow_factor(world, sun, p, lit_idx, hits.prim[lit_idx], len(hits.t))
     w, h = cam_cfg.width, cam_cfg.height
-    frame.image = shade(hits.t, hits.cls, hits.inst, hits.normal, dirs, c, shadow, dom.weather, rng, (w, h))
+    lamps = rig.headlights.world(pose) if dom.weather.headlights else None
+    frame.image = shade(hits.t, hits.cls, hits.inst, hits.normal, dirs, c, shadow, dom.weather, rng, (w, h),
+                        lamps=lamps, headlights=rig.headlights, focal=float(cam_cfg.K[0, 0]))
     labels = np.where(hit, hits.cls, sim_class("sky")).astype(np.uint8)
     frame.image_labels = labels.reshape(h, w)
     frame.image_instances = np.where(hit, hits.inst, 0).astype(np.uint16).reshape(h, w)
@@ -71,7 +74,8 @@ def _render_camera(world: World, pose: np.ndarray, rig: Rig, dom: Domain, rng: n
     frame.meta["depth"] = depth.reshape(h, w)
 
 
-def _render_lidar(world: World, pose: np.ndarray, cfg: LidarConfig, rng: np.random.Generator, frame: Frame) -> None:
+def _render_lidar(world: World, pose: np.ndarray, cfg: LidarConfig, weather: Weather, rng: np.random.Generator,
+                  seed: int, frame: Frame) -> None:
     T_wl = pose @ cfg.T_vehicle_lidar()
     d_l = cfg.ray_dirs()
     d_w = rotate(d_l, T_wl[:3, :3])
@@ -83,10 +87,16 @@ def _render_lidar(world: World, pose: np.ndarray, cfg: LidarConfig, rng: np.rand
     refl = reflectivity_table()[hits.cls[keep]]
     cos_inc = np.abs(np.einsum("ij,ij->i", hits.normal[keep].astype(np.float64), d_w[keep]))
     inten = np.clip(refl * (0.35 + 0.65 * cos_inc) + rng.normal(0.0, 0.02, len(r)), 0.0, 1.0)
+    rays = np.nonzero(keep)[0]
+    labels, inst = hits.cls[keep], hits.inst[keep]
+    if weather.lidar_extinction > 0 or weather.lidar_clutter > 0:
+        # a generator of its own: the clear-air draws above stay those of every other weather
+        rays, xyz, inten, labels, inst = apply_lidar_weather(
+            rays, xyz, r, inten, labels, inst, hits.t, d_l, cfg, weather, np.random.default_rng((seed, 0xF06)))
     frame.points = np.concatenate([xyz, inten[:, None]], axis=1).astype(np.float32)
-    frame.point_labels = hits.cls[keep].astype(np.uint8)
-    frame.point_instances = hits.inst[keep].astype(np.uint16)
-    ring, col = np.divmod(np.nonzero(keep)[0], cfg.azimuth_steps)
+    frame.point_labels = labels.astype(np.uint8)
+    frame.point_instances = inst.astype(np.uint16)
+    ring, col = np.divmod(rays, cfg.azimuth_steps)
     frame.meta["lidar_ring"] = ring.astype(np.uint16)
     frame.meta["lidar_column"] = col.astype(np.uint16)
 

@@ -126,11 +126,57 @@ class LidarConfig:
         return d.reshape(-1, 3)
 
 
+@dataclass(frozen=True)
+class Headlights:
+    """The vehicle's lamps, lit when the weather asks for them (``Weather.headlights``, at night).
+
+    Each lamp is a spot light: irradiance ``intensity * spot * cos(incidence) / d**2`` on a surface
+    ``d`` metres away (``d`` at least 1 m). ``spot = s(h) * s(v)`` where ``h`` and ``v`` are the
+    horizontal and vertical angles of the surface seen from the lamp, off the beam axis, and each
+    ``s`` falls smoothly (smoothstep) from 1 at an inner angle to 0 at an outer one: a wide beam
+    with a sharper cut-off above the axis than below, like a dipped-beam pattern. Irradiance is
+    in the units of the sun's (1.0 = full sun on a surface facing it). The lamps cast no shadows:
+    they sit close enough to the camera's line of sight that what they cannot see, the camera
+    mostly cannot either.
+
+    Attributes:
+        positions: lamp positions in the vehicle frame (x forward, y left, z up), metres.
+        pitch_deg: downward aim of the beam axes (positive looks down), degrees.
+        horizontal_deg: (inner, outer) horizontal angle off the axis, degrees.
+        up_deg, down_deg: (inner, outer) vertical angle above / below the axis, degrees.
+        intensity: irradiance of one lamp 1 m away on its axis, sun = 1.
+        color: linear RGB colour of the light (warm white).
+    """
+
+    positions: tuple[tuple[float, float, float], ...] = ((3.3, 0.65, 0.8), (3.3, -0.65, 0.8))
+    pitch_deg: float = 3.0
+    horizontal_deg: tuple[float, float] = (15.0, 38.0)
+    up_deg: tuple[float, float] = (5.0, 14.0)
+    down_deg: tuple[float, float] = (8.0, 35.0)
+    intensity: float = 40.0
+    color: tuple[float, float, float] = (1.0, 0.96, 0.88)
+
+    def world(self, pose: np.ndarray) -> np.ndarray:
+        """(L, 9): each lamp's position (metres) and its beam frame (unit forward axis, left, up)
+        in the world frame, for the vehicle pose ``pose`` (4x4, vehicle -> world)."""
+        pose = np.asarray(pose, dtype=np.float64)
+        R = pose[:3, :3] @ rpy_matrix(0.0, np.radians(self.pitch_deg), 0.0)  # beam frame -> world
+        pos = np.asarray(self.positions, dtype=np.float64) @ pose[:3, :3].T + pose[:3, 3]
+        axes = np.broadcast_to(R.T.reshape(1, 9), (len(pos), 9))  # rows of R.T: forward, left, up
+        return np.concatenate([pos, axes], axis=1)
+
+    def cone_tangents(self) -> np.ndarray:
+        """(6,) tangents of the inner and outer angles: horizontal, up, down."""
+        return np.tan(np.radians(np.array([*self.horizontal_deg, *self.up_deg, *self.down_deg], dtype=np.float64)))
+
+
 LIDAR_PRESETS: dict[str, LidarConfig] = {
     "os1-64": LidarConfig(64, 16.6, -16.6, 2048, 120.0, 0.3, 0.015, 0.02, name="os1-64"),
     "os1-64-1024": LidarConfig(64, 16.6, -16.6, 1024, 120.0, 0.3, 0.015, 0.02, name="os1-64-1024"),
     "vlp-32": LidarConfig(32, 15.0, -25.0, 1800, 100.0, 0.5, 0.02, 0.02, name="vlp-32"),
     "small": LidarConfig(32, 15.0, -20.0, 512, 80.0, 0.5, 0.02, 0.02, name="small"),
+    # Velodyne VLP-16 ("Puck") at 20 Hz: 16 beams 2 deg apart over +-15 deg, 0.4 deg steps, +-3 cm
+    "vlp-16": LidarConfig(16, 15.0, -15.0, 900, 100.0, 0.5, 0.03, 0.02, name="vlp-16"),
 }
 
 CAMERA_PRESETS: dict[str, CameraConfig] = {
@@ -143,10 +189,12 @@ CAMERA_PRESETS: dict[str, CameraConfig] = {
 
 @dataclass(frozen=True)
 class Rig:
-    """The camera and LiDAR on one vehicle (either may be None)."""
+    """The camera and LiDAR on one vehicle (either may be None), and its headlights (lit when the
+    weather asks for them)."""
 
     camera: CameraConfig | None = field(default_factory=CameraConfig)
     lidar: LidarConfig | None = field(default_factory=lambda: LIDAR_PRESETS["os1-64-1024"])
+    headlights: Headlights = field(default_factory=Headlights)
 
     def calibration(self) -> Calibration:
         """Camera intrinsics and ``T_cam_lidar`` (LiDAR -> camera) in terraseg's conventions."""
