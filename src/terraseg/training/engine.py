@@ -184,12 +184,18 @@ class _Run:
         self._stats: ClassStats | None = None
         self._progress = progress
         self.train_set, self.val_set, adapter = self._datasets(progress)
+        # label-efficient runs (sparse labels, region / boundary terms, distillation): masks, regions
+        # and teacher targets are prepared here, before the loss weights are counted
+        from terraseg.training import label_efficient_task as le
+
+        self.label_efficient = le.prepare(self, progress, not launched_worker()) if le.enabled(cfg) else None
         weights = _class_weight_tables(cfg, self.ontology, self.class_stats, run_dir)
         self.loss = build_loss(cfg.loss, ignore_index=IGNORE_INDEX, weight_tables=weights,
                                num_classes=self.num_classes, source=f"{cfg.source}: loss")
         from terraseg.training.module import SegmentationModule
 
-        self.module = SegmentationModule(self.model, adapter, self.loss, cfg, self.ontology, self.preset)
+        self.module = (self.label_efficient.module(self, adapter) if self.label_efficient is not None else
+                       SegmentationModule(self.model, adapter, self.loss, cfg, self.ontology, self.preset))
 
     def class_stats(self) -> ClassStats:
         """Class counts of the training split, read once and shared by the loss weights and the
@@ -480,7 +486,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
              "best_epoch": result.best_epoch, "epochs": result.epochs, "steps": result.steps,
              "seconds": round(result.seconds, 2), "stopped_early": result.stopped_early,
              "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
-             "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None},
+             "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+             **(run.label_efficient.summary if run.label_efficient is not None else {})},
             indent=2) + "\n")
     return result
 
