@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from terraseg.cli import bags, ensemble, eval_masks, infer, inspect, ontology, report, run, sim, train  # noqa: F401  (register sub-commands)
+from terraseg.cli import bags, distill, ensemble, eval_masks, infer, inspect, ontology, report, run, sim, train  # noqa: F401  (register sub-commands)
 from terraseg.cli.app import app, user_errors
 
 __all__ = ["app", "main", "user_errors"]

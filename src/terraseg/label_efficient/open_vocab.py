@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from terraseg.errors import ConfigError, DataError
-from terraseg.label_efficient.teacher import load_open_clip
+from terraseg.label_efficient.teacher import load_open_clip, require_open_clip
 
 DEFAULT_PROMPT = "a {name} in a scene"
 
@@ -51,8 +51,7 @@ def clip_text_embeddings(class_names: Sequence[str], model_name: str, weights: s
     """
     if not len(class_names):
         raise ConfigError("no class names to embed")
-    import open_clip
-
+    open_clip = require_open_clip()  # one clear message when the optional package is missing
     model = load_open_clip(model_name, weights, device)
     tokenizer = open_clip.get_tokenizer(model_name)
     tokens = tokenizer(prompts(class_names, template)).to(device)

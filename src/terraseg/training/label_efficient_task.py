@@ -42,10 +42,16 @@ import torch
 from torch import Tensor, nn
 
 from terraseg.errors import ConfigError
-from terraseg.io.atomic import atomic_path
 from terraseg.label_efficient.boundary import BoundaryHead, boundary_energy_loss, boundary_loss, free_energy
 from terraseg.label_efficient.contrast import region_contrastive_loss
-from terraseg.label_efficient.distill import DistillHead, cosine_distill_loss, forward_with_features, kl_distill_loss
+from terraseg.label_efficient.distill import (
+    DISTILL_HEAD_FILE,
+    DistillHead,
+    cosine_distill_loss,
+    forward_with_features,
+    kl_distill_loss,
+    save_distill_head,
+)
 from terraseg.label_efficient.sparse_labels import LabelBudget, SparseLabels
 from terraseg.label_efficient.targets import (
     CameraImages,
@@ -72,10 +78,6 @@ from terraseg.training.module import SegmentationModule, TaskAdapter
 from terraseg.training.optim import build_optimizer, lr_factor
 
 log = logging.getLogger(__name__)
-
-DISTILL_HEAD_FILE = "distill_head.pth"
-"""The distillation head of a cosine distillation run, in ``<run>/checkpoints/`` (goes with ``last.pth``)."""
-
 
 # ---------------------------------------------------------------------------------------------- features
 @dataclass(frozen=True)
@@ -419,16 +421,8 @@ class LabelEfficientModule(SegmentationModule):
         the teacher's, the teacher, and its classifier (for zero-shot and open-vocabulary use)."""
         if self.run_dir is None or self.distill_head is None:
             return None
-        path = self.run_dir / "checkpoints" / DISTILL_HEAD_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        obj = {"format": "terraseg-distill-head", "version": 1, "teacher": self.teacher_spec,
-               "step": int(self.global_step), "in_channels": self.distill_head.proj.in_features,
-               "out_channels": self.distill_head.proj.out_features,
-               "state_dict": {k: v.detach().cpu() for k, v in self.distill_head.state_dict().items()},
-               "classifier": self.zero_shot, "ontology": self.ontology.to_dict()}
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
-        return path
+        return save_distill_head(self.run_dir / "checkpoints" / DISTILL_HEAD_FILE, self.distill_head,
+                                 str(self.teacher_spec), int(self.global_step), self.zero_shot)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
@@ -444,3 +438,20 @@ class LabelEfficientModule(SegmentationModule):
         factor = lr_factor(self.config.schedule, total, self._time_fraction())
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+# ---------------------------------------------------------------------------------------------- entry
+def distill(cfg: TrainConfig, **kwargs: Any) -> Any:
+    """Distillation pre-training from a recipe with a ``distill:`` section (``terraseg distill``):
+    :func:`terraseg.training.train` for that recipe, refusing recipes without ``distill.teacher``.
+
+    Returns:
+        The :class:`~terraseg.training.engine.TrainResult`; fine-tune from its ``last_checkpoint``
+        (``model.weights``) with sparse labels.
+    """
+    if not cfg.distill.enabled:
+        raise ConfigError(f"{cfg.source}: no distill.teacher: a distillation recipe names its 2D teacher (a camera "
+                          "checkpoint, timm:NAME or open_clip:NAME; see configs/sim_distill.yaml)")
+    from terraseg.training.engine import train
+
+    return train(cfg, **kwargs)
