@@ -99,6 +99,22 @@ def classifier_scores(classifier: dict[str, Any], features: Tensor) -> Tensor:
     return out + b.to(out.device, torch.float32) if b is not None else out
 
 
+def check_teacher(spec: str, weights: str | None = None) -> None:
+    """Raise now, without building anything, the :class:`ConfigError` that :func:`load_teacher`
+    would raise for a missing checkpoint, weights file or optional package."""
+    from terraseg.label_efficient.teacher import OPEN_CLIP_HELP, _weights_file, require_open_clip, timm_help
+
+    if spec.startswith("timm:"):
+        _weights_file(weights, f"timm teacher {spec[5:]!r}", timm_help(spec[5:]))
+    elif spec.startswith("open_clip:"):
+        require_open_clip()
+        _weights_file(weights, f"open_clip model {spec[len('open_clip:'):]!r}", OPEN_CLIP_HELP)
+    elif not Path(spec).expanduser().is_file():
+        raise ConfigError(f"distill.teacher: camera checkpoint not found: {Path(spec).expanduser()} (train one with "
+                          "`terraseg train configs/sim_litefpn.yaml`, or give timm:NAME / open_clip:NAME with "
+                          "distill.teacher_weights)")
+
+
 def load_teacher(spec: str, weights: str | None = None, layer: str | None = None,
                  device: str | torch.device = "cpu", class_names: Sequence[str] | None = None) -> LoadedTeacher:
     """A teacher from a recipe's ``distill.teacher`` value.
@@ -118,6 +134,7 @@ def load_teacher(spec: str, weights: str | None = None, layer: str | None = None
     """
     from terraseg.label_efficient.teacher import SegmenterTeacher, open_clip_teacher, timm_teacher
 
+    check_teacher(spec, weights)
     if spec.startswith("timm:"):
         t = timm_teacher(spec[5:], weights, device)
         return LoadedTeacher(t, spec, f"{spec}:{file_fingerprint(Path(str(weights)).expanduser())}")
@@ -132,9 +149,6 @@ def load_teacher(spec: str, weights: str | None = None, layer: str | None = None
         return LoadedTeacher(t, spec, f"{spec}:{file_fingerprint(Path(str(weights)).expanduser())}",
                              classifier=classifier)
     path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"distill.teacher: camera checkpoint not found: {path} (train one with `terraseg train "
-                          "configs/sim_litefpn.yaml`, or give timm:NAME / open_clip:NAME with distill.teacher_weights)")
     from terraseg.models.image.factory import load_image_model
     from terraseg.models.image.preprocess import Normalization
     from terraseg.models.surgery import read_checkpoint

@@ -59,6 +59,7 @@ from terraseg.label_efficient.targets import (
     ScanTargets,
     TargetCache,
     ViewSettings,
+    check_teacher,
     classifier_scores,
     load_teacher,
     scan_teacher_targets,
@@ -452,6 +453,7 @@ def distill(cfg: TrainConfig, **kwargs: Any) -> Any:
     if not cfg.distill.enabled:
         raise ConfigError(f"{cfg.source}: no distill.teacher: a distillation recipe names its 2D teacher (a camera "
                           "checkpoint, timm:NAME or open_clip:NAME; see configs/sim_distill.yaml)")
+    check_teacher(str(cfg.distill.teacher), cfg.distill.teacher_weights)  # before the run folder is made
     from terraseg.training.engine import train
 
     return train(cfg, **kwargs)
