@@ -149,15 +149,32 @@ def _teacher_device(cfg: TrainConfig) -> str:
     return "cuda" if torch.cuda.is_available() and acc in ("auto", "gpu", "cuda") else "cpu"
 
 
-def fill_targets(run: Any, teacher: LoadedTeacher, progress: bool) -> tuple[TargetStore, dict[str, Any]]:
-    """Compute (or read from the cache) the fused teacher targets of every training scan."""
-    cfg = run.cfg
+def target_cache(cfg: TrainConfig, teacher: LoadedTeacher, run_dir: Path) -> tuple[TargetCache, ViewSettings,
+                                                                                   CameraImages]:
+    """The target cache, views and camera images of a distillation recipe (the cache key covers the
+    teacher's weights, the views and where the images come from)."""
     di = cfg.distill
     images = CameraImages(di.images, cfg.data.root)
     settings = ViewSettings(di.views, di.ring_views, tuple(di.view_size), di.hfov_deg, di.pitch_deg,  # type: ignore[arg-type]
                             di.splat_radius, di.border)
-    root = Path(di.cache_dir) if di.cache_dir else run.run_dir / "distill_targets"
+    root = Path(di.cache_dir) if di.cache_dir else run_dir / "distill_targets"
     cache = TargetCache(root, {"teacher": teacher.fingerprint, "views": settings.to_dict(), "images": images.describe()})
+    return cache, settings, images
+
+
+def targets_of(frame: Any, teacher: LoadedTeacher, settings: ViewSettings, images: CameraImages) -> ScanTargets:
+    """Compute one frame's fused teacher targets (the views the settings ask for)."""
+    cam = images(frame) if settings.views != "ring" else None
+    if settings.views in ("camera", "camera+ring") and cam is None:
+        raise ConfigError(f"distill.views: {settings.views} but frame {frame.frame_id} has no camera image "
+                          f"({images.describe()}); use views: auto or ring")
+    return scan_teacher_targets(np.asarray(frame.points), teacher, settings, cam)
+
+
+def fill_targets(run: Any, teacher: LoadedTeacher, progress: bool) -> tuple[TargetStore, dict[str, Any]]:
+    """Compute (or read from the cache) the fused teacher targets of every training scan."""
+    cfg = run.cfg
+    cache, settings, images = target_cache(cfg, teacher, run.run_dir)
     frames = run.train_frames
     computed = reused = seen = points = camera = 0
     ids: list[str] = []
@@ -171,12 +188,8 @@ def fill_targets(run: Any, teacher: LoadedTeacher, progress: bool) -> tuple[Targ
             counts.append(n)
             t = cache.load(str(f.frame_id), n)
             if t is None:
-                cam = images(f) if settings.views != "ring" else None
-                if settings.views in ("camera", "camera+ring") and cam is None:
-                    raise ConfigError(f"distill.views: {settings.views} but frame {f.frame_id} has no camera image "
-                                      f"({images.describe()}); use views: auto or ring")
                 t0 = time.perf_counter()
-                t = scan_teacher_targets(np.asarray(f.points), teacher, settings, cam)
+                t = targets_of(f, teacher, settings, images)
                 t_teacher += time.perf_counter() - t0
                 cache.save(str(f.frame_id), t)
                 computed += 1
