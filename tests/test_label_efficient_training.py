@@ -381,3 +381,20 @@ def test_missing_weights_and_packages_give_one_clear_line(sim: Path, tmp_path: P
     r = runner.invoke(app, ["distill", str(p), "distill.teacher=open_clip:ViT-B-32", "-q"])
     assert r.exit_code == 1 and "open_clip_torch, which is not installed" in r.output
     assert "pip install 'terraseg[clip]'" in r.output
+
+
+def test_distillation_crops_are_centred_on_points_with_a_target() -> None:
+    from terraseg.label_efficient.targets import ScanTargets
+    from terraseg.training.label_efficient_data import crop_around_targets
+
+    rng = np.random.default_rng(0)
+    xyz = rng.uniform(-30, 30, size=(4000, 3)).astype(np.float32)
+    pts = np.concatenate([xyz, np.arange(4000, dtype=np.float32)[:, None]], axis=1)
+    seen = np.flatnonzero(xyz[:, 0] > 25)  # a narrow wedge, as a forward camera's
+    t = ScanTargets(4000, seen, np.zeros((len(seen), 2), np.float16))
+    for i in range(20):
+        crop, lab = crop_around_targets(pts, np.arange(4000), 500, t, np.random.default_rng(i))
+        src = crop[:, -1].astype(np.int64)
+        assert len(crop) == 500 and np.array_equal(lab, src) and np.isin(src, seen).any()
+    empty = ScanTargets(4000, np.zeros(0, np.int64), np.zeros((0, 2), np.float16))
+    assert len(crop_around_targets(pts, np.arange(4000), 500, empty, rng)[0]) == 500  # falls back to a random centre

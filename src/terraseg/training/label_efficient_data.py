@@ -23,7 +23,6 @@ Files next to the run (``<output>/<name>/``):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -271,8 +270,12 @@ class LabelEfficientScans(ScanSamples):
         pts, lab = scan_arrays(tagged, self.ontology)
         if self.augment is not None:
             pts, lab, _ = self.augment(pts, lab, rng)
+        targets = self.targets(index) if self.targets is not None else None
         if self.train and s.max_points is not None:
-            pts, lab = spatial_crop(pts, lab, s.max_points, rng)
+            if targets is not None and len(pts) > s.max_points:
+                pts, lab = crop_around_targets(pts, lab, s.max_points, targets, rng)
+            else:
+                pts, lab = spatial_crop(pts, lab, s.max_points, rng)
         src = pts[:, -1].astype(np.int64)
         pts = pts[:, :-1]
         if self.sparse is not None:
@@ -286,9 +289,8 @@ class LabelEfficientScans(ScanSamples):
         if self.regions is not None:
             sample["regions"] = torch.from_numpy(self.regions.regions[index][src].astype(np.int64))
             sample["boundary"] = torch.from_numpy(self.regions.boundary[index][src])
-        if self.targets is not None:
-            t = self.targets(index)
-            feats, probs, valid = t.gather(src)
+        if targets is not None:
+            feats, probs, valid = targets.gather(src)
             sample["distill_feat"] = torch.from_numpy(feats)
             if probs is not None:
                 sample["distill_prob"] = torch.from_numpy(probs)
@@ -296,9 +298,20 @@ class LabelEfficientScans(ScanSamples):
         return sample
 
 
-def fingerprint_frames(frames: FrameCache) -> str:
-    """A short hash of the training frames' ids (part of cache keys)."""
-    h = hashlib.sha256()
-    for i in range(len(frames)):
-        h.update(str(frames[i].frame_id).encode())
-    return h.hexdigest()[:12]
+def crop_around_targets(points: np.ndarray, labels: np.ndarray, n: int, targets: Any,
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~terraseg.training.data.spatial_crop` centred on a random point that has a teacher
+    target (distillation: a forward camera sees a wedge of the scan, and a crop behind it would
+    have nothing to learn). ``points``' last column is the point index in the scan as read."""
+    src = points[:, -1].astype(np.int64)
+    seen = np.zeros(targets.num_points, dtype=bool)
+    seen[targets.seen] = True
+    cand = np.flatnonzero(seen[src])
+    if not len(cand):
+        return spatial_crop(points, labels, n, rng)
+    from scipy.spatial import cKDTree
+
+    centre = points[int(cand[rng.integers(0, len(cand))]), :3]
+    _, idx = cKDTree(points[:, :3]).query(centre, k=n)
+    idx = rng.permutation(np.asarray(idx, dtype=np.int64))
+    return points[idx], labels[idx]
