@@ -233,3 +233,47 @@ def test_bench_domain_gap_runs(tmp_path: Path) -> None:
     again_lines = again.splitlines()
     s2 = again_lines.index(lines[start])
     assert again_lines[s2:s2 + 4] == lines[start:start + 4]
+
+
+def _markdown_table(out: str, first_header: str) -> tuple[list[str], list[list[str]]]:
+    """(header cells, row cells) of the Markdown table whose first header cell is ``first_header``."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    assert set(lines[start + 1]) <= {"|", "-"}, "no Markdown separator under the header"
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(cells(line))
+    return cells(lines[start]), rows
+
+
+def test_bench_label_efficient_smoke_runs() -> None:
+    out = _run("bench_label_efficient.py", "--smoke")
+    assert "SMOKE" in out and "labelled points: 1%: " in out
+    header, rows = _markdown_table(out, "method")
+    assert header == ["method", "labels", "val mIoU % (mean)", "std", "per seed", "mIoU % on camera-seen points"]
+    assert [r[0] for r in rows[:5]] == ["cross-entropy only", "+ region contrast", "+ boundary energy",
+                                        "+ distillation pre-training", "all together"]
+    assert rows[5][0] == "teacher's fused 2D alone (camera image)" and rows[6][0].startswith(
+        "teacher's fused 2D alone (ring views coloured by intensity")
+    assert rows[7][:2] == ["fully supervised", "100%"]
+    for r in rows[:5] + rows[7:]:
+        assert 0 <= float(r[2]) <= 100 and 0 <= float(r[5]) <= 100 and r[3] == "-"  # one seed: no spread
+        assert r[4] == r[2]
+    assert all(r[1] == "1%" for r in rows[:5]) and all(r[2] == "-" and 0 <= float(r[5]) <= 100 for r in rows[5:7])
+    header, regions = _markdown_table(out, "regions")
+    assert header == ["regions", "params", "regions/scan", "purity", "ms/scan"] and len(regions) == 3
+    for r in regions:
+        assert float(r[2].replace(",", "")) >= 1 and 0 < float(r[3]) <= 1 and float(r[4]) > 0
+    header, losses = _markdown_table(out, "run")
+    assert header[:6] == ["run", "labels", "sup", "contrast", "boundary", "energy"]
+    by_run = {r[0]: r for r in losses}
+    assert by_run["cross-entropy only"][3] == "-" and float(by_run["cross-entropy only"][2]) > 0
+    assert float(by_run["+ region contrast"][3]) >= 0 and by_run["+ region contrast"][4] == "-"
+    assert float(by_run["+ boundary energy"][4]) > 0 and float(by_run["+ boundary energy"][5]) >= 0
+    assert "7 trainings" in out and "teacher targets" in out

@@ -43,6 +43,7 @@ from terraseg.training.config import (
 )
 from terraseg.training.copypaste import CopyPaste, InstanceBank
 from terraseg.training.data import IGNORE_INDEX, parse_organized
+from terraseg.training.label_efficient_config import DistillConfig, LabelEfficientConfig
 from terraseg.training.losses import build_loss
 from terraseg.training.point_augment import PointAugConfig
 
@@ -420,7 +421,20 @@ def test_goose3d_recipe() -> None:
 # ---------------------------------------------------------------------------------------------- documentation
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
                              "schedule": ScheduleConfig, "trainer": TrainerConfig, "ema": EMAConfig,
-                             "early_stopping": EarlyStoppingConfig, "eval": EvalConfig, "fusion": FusionConfig}
+                             "early_stopping": EarlyStoppingConfig, "eval": EvalConfig, "fusion": FusionConfig,
+                             "label_efficient": LabelEfficientConfig, "distill": DistillConfig}
+
+
+def _flat_fields(cls: type, prefix: str) -> dict[str, dataclasses.Field[Any]]:
+    """``{dotted key: field}`` of a section, nested sections (``label_efficient.contrast``) expanded."""
+    out: dict[str, dataclasses.Field[Any]] = {}
+    for f in dataclasses.fields(cls):
+        d = _default(f)
+        if dataclasses.is_dataclass(d):
+            out.update(_flat_fields(type(d), f"{prefix}.{f.name}"))
+        else:
+            out[f"{prefix}.{f.name}"] = f
+    return out
 
 
 def _table_rows(heading: str) -> dict[str, str]:
@@ -462,11 +476,11 @@ def _yaml_text(v: Any) -> str:
 @pytest.mark.parametrize("section", list(SECTIONS))
 def test_training_doc_lists_every_key_with_its_default(section: str) -> None:
     rows = {k: v for k, v in _table_rows(section).items() if "." in k}  # (data also has a reader-option table)
-    for f in dataclasses.fields(SECTIONS[section]):
-        key = f"{section}.{f.name}"
+    fields = _flat_fields(SECTIONS[section], section)
+    for key, f in fields.items():
         assert key in rows, f"docs/training.md: no row for {key}"
         assert rows[key] == _yaml_text(_default(f)), f"{key}: docs say {rows[key]}, the default is {_default(f)!r}"
-    assert set(rows) == {f"{section}.{f.name}" for f in dataclasses.fields(SECTIONS[section])}
+    assert set(rows) == set(fields)
 
 
 def test_training_doc_top_level_keys() -> None:

@@ -13,6 +13,7 @@ from terraseg.cli import (  # noqa: F401  (register sub-commands)
     aggregate,
     bags,
     convert_masks,
+    distill,
     ensemble,
     eval_masks,
     infer,

@@ -62,7 +62,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TerrasegError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, markup=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -195,10 +195,16 @@ def predict_cmd(
     fill: Annotated[int | None, typer.Option(help="Cross-modal models: label written for points outside the camera's view (default: the ontology's first ignored id, else 0).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    open_vocab: Annotated[Path | None, typer.Option("--open-vocab", help="Scans, open vocabulary: a local open_clip weights file; name the classes with --classes (a network from `terraseg distill` with an open_clip teacher).")] = None,
+    classes: Annotated[str | None, typer.Option(help="Open vocabulary: comma-separated class names, e.g. 'tree,grass,rock,water'.")] = None,
+    clip_model: Annotated[str | None, typer.Option("--clip-model", help="Open vocabulary: open_clip model name (default: the teacher's).")] = None,
+    text_embeddings: Annotated[Path | None, typer.Option("--text-embeddings", help="Open vocabulary: a (K, D) .npy/.pt of class embeddings instead of CLIP.")] = None,
 ) -> None:
     """Predict labels for images, videos, LiDAR scans or paired camera + LiDAR frames with any model file and write them to --out.
 
     Images / videos: OUT/ids/<stem>.png (class ids), OUT/color/<stem>.png, OUT/overlay/<stem>.jpg; --submission goose also writes OUT/submission_goose.zip (see docs/inference.md for the layout). Scans (.bin or .ply): OUT/labels/<stem>.label (SemanticKITTI layout) and OUT/ply/<stem>.ply. The model's kind (camera or LiDAR), normalisation, projection and intensity scale come from the file. Cross-modal (fusion) checkpoints read a paired dataset folder and write OUT/labels/<frame>.label (2D+3D; --fill outside the camera's view), OUT/labels_2d/, OUT/labels_3d/, OUT/in_view/<frame>.npy, OUT/overlay/<frame>.jpg and OUT/ply/.
+
+    Open vocabulary (scans): --open-vocab CLIP_WEIGHTS --classes 'a,b,c' scores a distilled network's features against CLIP text embeddings of the names; OUT/labels/ ids index the names (OUT/classes.txt).
 
     Example: terraseg predict runs/sim-salsanext/checkpoints/best.pth scans/ --out preds/ --tta "rotations=4 flip=y"
     """
@@ -206,6 +212,12 @@ def predict_cmd(
     from terraseg.inference.predictor import load_predictor
     from terraseg.io.scans import SCAN_SUFFIXES
     from terraseg.progress import ProgressBar
+
+    if open_vocab is not None or text_embeddings is not None or classes is not None:
+        from terraseg.cli.open_vocab import predict_open_vocab
+
+        predict_open_vocab(model, inputs, out, open_vocab, classes, clip_model, text_embeddings, ply, quiet)
+        return
 
     if submission is not None and submission != "goose":
         raise ConfigError(f"--submission: unknown challenge {submission!r} (known: goose)")

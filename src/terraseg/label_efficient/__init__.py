@@ -14,7 +14,9 @@ engine to wire in; the geometry they need (normals, regions, rendering) is in
   features by a forward hook; timm and open_clip encoders from local weights).
 - :mod:`~terraseg.label_efficient.fusion`: per-point features fused over the views that see a point.
 - :mod:`~terraseg.label_efficient.distill`: :class:`DistillHead`, :func:`cosine_distill_loss`,
-  :func:`kl_distill_loss`.
+  :func:`kl_distill_loss`, the head file of a distillation run.
+- :mod:`~terraseg.label_efficient.targets`: per-scan fused teacher targets (camera / ring views),
+  their on-disk cache, teachers from recipe values, camera images of LiDAR frames.
 - :mod:`~terraseg.label_efficient.open_vocab`: CLIP text embeddings, cosine class scores, the
   2D / 3D ensemble.
 
@@ -42,7 +44,16 @@ from terraseg.label_efficient.contrast import (
     region_contrastive_loss,
     region_pseudo_labels,
 )
-from terraseg.label_efficient.distill import DistillHead, cosine_distill_loss, forward_with_features, kl_distill_loss
+from terraseg.label_efficient.distill import (
+    DISTILL_HEAD_FILE,
+    DistilledHead,
+    DistillHead,
+    cosine_distill_loss,
+    forward_with_features,
+    kl_distill_loss,
+    read_distill_head,
+    save_distill_head,
+)
 from terraseg.label_efficient.fusion import (
     FusedFeatures,
     TeacherPointFeatures,
@@ -84,9 +95,11 @@ __all__ = [
     "DEFAULT_MAX_REGIONS",
     "DEFAULT_PROMPT",
     "DEFAULT_TEMPERATURE",
+    "DISTILL_HEAD_FILE",
     "SPARSE_LABELS_FILE",
     "BoundaryHead",
     "DistillHead",
+    "DistilledHead",
     "EncoderTeacher",
     "EnsembleScores",
     "FusedFeatures",
@@ -113,10 +126,12 @@ __all__ = [
     "load_open_clip",
     "open_clip_teacher",
     "pool_regions",
+    "read_distill_head",
     "prompts",
     "region_contrastive_loss",
     "region_pseudo_labels",
     "require_open_clip",
+    "save_distill_head",
     "sample_feature_map",
     "teacher_point_features",
     "timm_teacher",

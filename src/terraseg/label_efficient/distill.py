@@ -18,6 +18,11 @@ to the graph.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -126,3 +131,61 @@ def kl_distill_loss(student_logits: Tensor, teacher: Tensor, valid: Tensor | Non
     log_ps = torch.log_softmax(s.float() / temperature, dim=1)
     kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
     return kl.mean() * temperature ** 2
+
+
+DISTILL_HEAD_FILE = "distill_head.pth"
+"""File name of a cosine distillation run's head, in ``<run>/checkpoints/`` (it goes with ``last.pth``)."""
+
+
+@dataclass
+class DistilledHead:
+    """A distillation run's head and what it was distilled from (:func:`read_distill_head`).
+
+    Attributes:
+        head: the :class:`DistillHead` (3D features -> teacher features), in eval mode.
+        teacher: the teacher it learnt from (``distill.teacher``: a checkpoint, ``open_clip:NAME`` ...).
+        step: the training step it was saved at.
+        classifier: the teacher's classifier (``{"kind": "linear" | "cosine", "weight", "bias"}``) or None.
+        path: the file.
+    """
+
+    head: DistillHead
+    teacher: str
+    step: int
+    classifier: dict[str, Any] | None
+    path: Path
+
+
+def save_distill_head(path: str | os.PathLike[str], head: DistillHead, teacher: str, step: int,
+                      classifier: dict[str, Any] | None = None) -> Path:
+    """Write a distillation head (atomically; readable with ``weights_only=True``)."""
+    from terraseg.io.atomic import atomic_path
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    obj = {"format": "terraseg-distill-head", "version": 1, "teacher": str(teacher), "step": int(step),
+           "in_channels": head.proj.in_features, "out_channels": head.proj.out_features,
+           "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()}, "classifier": classifier}
+    with atomic_path(p) as tmp:
+        torch.save(obj, tmp)
+    return p
+
+
+def read_distill_head(path: str | os.PathLike[str]) -> DistilledHead:
+    """Read a file written by :func:`save_distill_head`.
+
+    Raises:
+        DataError: missing, unreadable or not a distillation head.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: distillation head not found")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file
+        raise DataError(f"{p}: not a readable distillation head ({type(exc).__name__})") from exc
+    if not isinstance(obj, dict) or obj.get("format") != "terraseg-distill-head":
+        raise DataError(f"{p}: not a terraseg distillation head")
+    head = DistillHead(int(obj["in_channels"]), int(obj["out_channels"]))
+    head.load_state_dict(obj["state_dict"])
+    return DistilledHead(head.eval(), str(obj.get("teacher")), int(obj.get("step", -1)), obj.get("classifier"), p)

@@ -187,6 +187,12 @@ def _weights_file(weights: str | Path | None, what: str, help_text: str) -> Path
     return p
 
 
+def timm_help(model_name: str) -> str:
+    """What a timm teacher needs (the end of its missing-weights message)."""
+    return (f"pass the path of a timm checkpoint of {model_name!r} (e.g. its model.safetensors from the "
+            f"Hugging Face hub, downloaded on a machine with internet access); terraseg never downloads weights")
+
+
 def timm_teacher(model_name: str, weights: str | Path | None, device: torch.device | str = "cpu") -> EncoderTeacher:
     """A teacher from a timm encoder and a local weights file (its last ``features_only`` map).
 
@@ -194,9 +200,7 @@ def timm_teacher(model_name: str, weights: str | Path | None, device: torch.devi
     """
     import timm
 
-    help_text = (f"pass the path of a timm checkpoint of {model_name!r} (e.g. its model.safetensors from the "
-                 f"Hugging Face hub, downloaded on a machine with internet access); terraseg never downloads weights")
-    path = _weights_file(weights, f"timm teacher {model_name!r}", help_text)
+    path = _weights_file(weights, f"timm teacher {model_name!r}", timm_help(model_name))
     if not timm.is_model(model_name):
         raise ConfigError(f"unknown timm model {model_name!r}")
     model = timm.create_model(model_name, pretrained=True, features_only=True, out_indices=(-1,),

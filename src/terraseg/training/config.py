@@ -20,6 +20,8 @@ A recipe is a mapping with the sections below (every key optional except ``data.
     ema:     {enabled, decay}
     early_stopping: {patience, min_delta}
     eval:    {preset, window, tta}
+    label_efficient: {regions, contrast, boundary}   # points: unsupervised terms (docs/label_efficient.md)
+    distill: {teacher, loss, views, ...}             # points: 2D -> 3D distillation pre-training
 
 Overrides use dotted keys and YAML values: ``trainer.max_epochs=2``, ``optim.lr=3e-4``,
 ``data.root=/data/goose``, ``augment.crop=[512,512]``, ``model.weights=null``. Unknown keys and
@@ -42,6 +44,7 @@ import yaml
 
 from terraseg.errors import ConfigError
 from terraseg.io.atomic import atomic_write_text
+from terraseg.training.label_efficient_config import DistillConfig, LabelEfficientConfig
 from terraseg.yamlio import read_yaml
 
 
@@ -74,6 +77,12 @@ class DataConfig:
         class_weights_file: class statistics JSON written by ``terraseg inspect DATA --split train
             --out DIR``; without it named class weights (``enet`` ...) are computed from the
             training split.
+        label_budget: points task: labelled points per training scan: a percentage (``"1%"``,
+            ``"0.1%"``), a count (``20``) or ``"regions"`` (one click per region); null = every
+            label. Drawn once per run from ``seed`` and stored as ``<run>/sparse_labels.npz``.
+        label_strategy: ``random`` points or ``regions`` (one click per region of
+            ``label_efficient.regions``, round by round).
+        label_click: with ``regions``: a ``random`` point of the region or its ``center``.
     """
 
     root: str = ""
@@ -94,6 +103,9 @@ class DataConfig:
     projection: str = "velodyne-hdl64e"
     intensity_max: float | None = None
     class_weights_file: str | None = None
+    label_budget: int | float | str | None = None
+    label_strategy: Literal["random", "regions"] = "random"
+    label_click: Literal["random", "center"] = "random"
 
 
 @dataclass
@@ -366,6 +378,8 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     fusion: FusionConfig | None = None
+    label_efficient: LabelEfficientConfig = field(default_factory=LabelEfficientConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     source: str = field(default="<config>", compare=False, repr=False)
 
     # ------------------------------------------------------------------ construction
@@ -436,6 +450,9 @@ class TrainConfig:
             raise ConfigError(f"{s}: data.intensity_max " + ("applies to the points task only" if self.task != "points"
                                                             else f"must be a positive number, got {im}"))
         self._check_fusion()
+        from terraseg.training.label_efficient_config import check_label_efficient
+
+        check_label_efficient(self)
 
     def _check_fusion(self) -> None:
         s, m = self.source, self.model

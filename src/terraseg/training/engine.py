@@ -235,6 +235,7 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path | None = None, progress: bool = True) -> None:
         self.cfg = cfg
+        self.run_dir = run_dir  # None while the recipe is checked before its run folder exists
         d = cfg.data
         if not Path(d.root).exists():
             raise DataError(f"{cfg.source}: data.root {d.root} does not exist")
@@ -255,13 +256,19 @@ class _Run:
         self._stats: ClassStats | None = None
         self._progress = progress
         self.train_set, self.val_set, adapter = self._datasets(progress)
+        # label-efficient runs (sparse labels, region / boundary terms, distillation): masks, regions
+        # and teacher targets are prepared here, before the loss weights are counted
+        from terraseg.training import label_efficient_task as le
+
+        self.label_efficient = le.prepare(self, progress, not launched_worker()) if le.enabled(cfg) else None
         self.class_weights: dict[str, np.ndarray] = {}
         weights = _class_weight_tables(cfg, self.ontology, self.class_stats, self.class_weights)
         self.loss = build_loss(cfg.loss, ignore_index=IGNORE_INDEX, weight_tables=weights,
                                num_classes=self.num_classes, source=f"{cfg.source}: loss")
         from terraseg.training.module import SegmentationModule
 
-        self.module = SegmentationModule(self.model, adapter, self.loss, cfg, self.ontology, self.preset)
+        self.module = (self.label_efficient.module(self, adapter) if self.label_efficient is not None else
+                       SegmentationModule(self.model, adapter, self.loss, cfg, self.ontology, self.preset))
         self._presence: np.ndarray | None = None
         if run_dir is not None:
             self.write_class_weights(run_dir)
@@ -580,17 +587,33 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     """
     import lightning as L
 
+    from terraseg.training import label_efficient_task
+
     t0 = time.perf_counter()
     run_dir = check_run_dir(cfg, resume, overwrite)
+    # Label-efficient runs keep their label masks, regions and teacher targets in the run folder, so
+    # it is made before the run is built (a failed start still removes it); other runs are built and
+    # checked first.
+    early_dir = label_efficient_task.enabled(cfg)
     with _quiet_lightning():
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        run = _Run(cfg, None, progress)
-        resume_ckpt = None
-        if resume:
-            from terraseg.training.callbacks import load_resume_checkpoint
+        created = False
+        if early_dir:
+            run_dir, created = prepare_run_dir(cfg, resume, overwrite)
+        try:
+            run = _Run(cfg, run_dir if early_dir else None, progress)
+            resume_ckpt = None
+            if resume:
+                from terraseg.training.callbacks import load_resume_checkpoint
 
-            resume_ckpt = load_resume_checkpoint(run_dir / "checkpoints" / "last.ckpt", run.module.state_dict())
-        run_dir, created = prepare_run_dir(cfg, resume, overwrite)
+                resume_ckpt = load_resume_checkpoint(run_dir / "checkpoints" / "last.ckpt", run.module.state_dict())
+        except BaseException:
+            if created and not launched_worker():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        if not early_dir:
+            run_dir, created = prepare_run_dir(cfg, resume, overwrite)
+            run.run_dir = run_dir
         trainer = None
         try:
             trainer, early, ckpts = _build_trainer(cfg, run, run_dir, resume_ckpt, progress, devices, num_nodes,
@@ -623,7 +646,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
              "best_epoch": result.best_epoch, "epochs": result.epochs, "steps": result.steps,
              "seconds": round(result.seconds, 2), "stopped_early": result.stopped_early,
              "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
-             "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None},
+             "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+             **(run.label_efficient.summary if run.label_efficient is not None else {})},
             indent=2) + "\n")
     return result
 
