@@ -18,8 +18,10 @@ RANKS: dict[str, int] = {
     "__init__": 0, "errors": 0, "progress": 0, "yamlio": 0, "specs": 0,
     "frame": 1, "ontology": 2, "io": 3, "geometry": 4,
     "datasets": 5, "extract": 5,  # extract: bags -> the generic dataset layout
-    "sim": 6, "models": 7, "metrics": 8, "training": 9, "inference": 10,
-    "ensemble": 11, "active": 11, "label_efficient": 11, "report": 12, "demo": 13, "cli": 14, "__main__": 15,
+    "sim": 6, "models": 7, "metrics": 8,
+    "active": 8, "label_efficient": 8,  # algorithms on arrays and models: training and inference build on them
+    "training": 9, "inference": 10,
+    "ensemble": 11, "report": 12, "demo": 13, "cli": 14, "__main__": 15,
 }
 """Ground (0) to roof: a module may import its own package and packages of lower or equal rank."""
 
