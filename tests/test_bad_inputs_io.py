@@ -328,6 +328,7 @@ def test_eval_masks_skip_bad_lists_the_bad_mask(bad: dict[str, Path], tmp_path: 
 
 
 # ---------------------------------------------------------------------------------------------- empty scans
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no numpy "Mean of empty slice" on the way
 def test_an_empty_scan_is_a_warning_everywhere_and_no_nan_row(bad: dict[str, Path], tmp_path: Path) -> None:
     empty = bad["empty.bin"]
     r = runner.invoke(app, ["predict", str(bad["salsa"]), str(empty), "-o", str(tmp_path / "p"), "-q"])

@@ -128,12 +128,12 @@ class ClassStats:
             w[seen] = 1.0 / np.sqrt(f[seen])
         elif method == "log":
             w[seen] = np.log(5.0 / f[seen])
-        elif method == "median":
+        elif method == "median" and seen.any():
             t = self.total(split)
             g = np.zeros_like(f)
             g[seen] = t.counts[seen] / t.present_total[seen]  # type: ignore[index]
             w[seen] = np.median(g[seen]) / g[seen]
-        else:
+        elif method != "median":
             raise ConfigError(f"unknown class-weight method {method!r} (choose from {', '.join(WEIGHT_METHODS)})")
         if normalize and seen.any():
             w[seen] /= w[seen].mean()
