@@ -443,15 +443,10 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> OnnxModelInfo:
     Raises:
         DataError: the file is missing or not an ONNX model.
     """
-    import onnx
+    from terraseg.inference.onnx_integrity import load_proto
 
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: ONNX file not found")
-    try:
-        proto = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # protobuf decode errors of several types
-        raise DataError(f"{p}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    proto = load_proto(p, load_external_data=False)
     return OnnxModelInfo.from_props({e.key: e.value for e in proto.metadata_props}, str(p))
 
 

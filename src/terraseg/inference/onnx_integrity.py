@@ -69,7 +69,7 @@ def record_digest(proto: Any) -> str:
     return digest
 
 
-def load_proto(path: str | os.PathLike[str]) -> Any:
+def load_proto(path: str | os.PathLike[str], *, load_external_data: bool = True) -> Any:
     """``onnx.load`` of a file with one clear error for a missing or unreadable one.
 
     Raises:
@@ -81,7 +81,7 @@ def load_proto(path: str | os.PathLike[str]) -> Any:
     if not p.is_file():
         raise DataError(f"{p}: ONNX file not found")
     try:
-        return onnx.load(str(p))
+        return onnx.load(str(p), load_external_data=load_external_data)
     except Exception as exc:  # protobuf decode errors of several types
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise DataError(f"{p}: not a readable ONNX model ({type(exc).__name__}: {first}); not an ONNX file, or a "

@@ -137,6 +137,19 @@ def _points(points: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
     return arr, valid
 
 
+def _network_points(points: np.ndarray, in_channels: int, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_points` of a scan for a network reading its first ``in_channels`` columns.
+
+    Raises:
+        DataError: the scan has fewer columns than the network reads.
+    """
+    arr, valid = _points(points, source)
+    if arr.shape[1] < in_channels:
+        raise DataError(f"{source}: the model uses {in_channels} input channels but the points have "
+                        f"only {arr.shape[1]} columns")
+    return arr, valid
+
+
 def _model_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -191,10 +204,7 @@ class RandLAPredictor:
     def __call__(self, points: np.ndarray) -> ScanPrediction:
         cfg = self.model.config
         t0 = time.perf_counter()
-        arr, valid = _points(points, self.source)
-        if arr.shape[1] < cfg.in_channels:
-            raise DataError(f"{self.source}: the model uses {cfg.in_channels} input channels but the points have "
-                            f"only {arr.shape[1]} columns")
+        arr, valid = _network_points(points, cfg.in_channels, self.source)
         idx = np.flatnonzero(valid)
         inputs = randla_inputs(arr[idx, :3], arr[idx, :cfg.in_channels], k=cfg.k, ratios=cfg.ratios, seed=self.seed,
                                source=self.source)
@@ -368,10 +378,7 @@ class VoxelPredictor:
     def __call__(self, points: np.ndarray) -> ScanPrediction:
         cfg = self.model.config
         t0 = time.perf_counter()
-        arr, valid = _points(points, self.source)
-        if arr.shape[1] < cfg.in_channels:
-            raise DataError(f"{self.source}: the model uses {cfg.in_channels} input channels but the points have "
-                            f"only {arr.shape[1]} columns")
+        arr, valid = _network_points(points, cfg.in_channels, self.source)
         idx = np.flatnonzero(valid)
         if len(idx) == 0:
             raise DataError(f"{self.source}: no points with a return (the scan is empty, or every point is zero "
