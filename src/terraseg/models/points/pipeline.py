@@ -41,7 +41,8 @@ POINT_PREDICTORS: dict[str, type] = {
     "voxelunet": VoxelPredictor,
 }
 """Whole-scan predictor class of each point architecture (``model.arch``). A predictor is
-constructed as ``cls(model, **options)`` and called as ``predictor(points) -> ScanPrediction``;
+constructed as ``cls(model, **options)`` and called as ``predictor(points, source=None) ->
+ScanPrediction`` (``source``: the scan's name in error messages, default the predictor's own);
 optional attributes ``uses_intensity`` (default True), ``tta_unsupported`` (a reason, default
 None), ``fill`` and ``probabilities`` refine what :class:`ScanPipeline` does with it."""
 
