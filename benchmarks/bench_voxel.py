@@ -176,7 +176,8 @@ def conv_table(pts: np.ndarray, widths: list[int], args: argparse.Namespace, dev
     for c in widths:
         torch.manual_seed(c)
         f = torch.randn(km.n_in, c, device=device, requires_grad=cuda)
-        w = torch.randn(27, c, c, device=device, requires_grad=cuda) / np.sqrt(27 * c)
+        # a leaf (the scaling inside it): a non-leaf weight's graph is freed by the first backward
+        w = (torch.randn(27, c, c, device=device) / np.sqrt(27 * c)).requires_grad_(cuda)
 
         def pure(method: str, f: torch.Tensor = f, w: torch.Tensor = w) -> Any:
             def run() -> None:

@@ -183,7 +183,9 @@ def test_lidar_tta_averages_the_probabilities_of_every_view_for_any_point_predic
     for model, opts, spec in ((build_point_model("randlanet", 5, in_channels=4, preset="small"), {"seed": 1},
                                "angles=0,90"),
                               (build_point_model("salsanext", 5, preset="tiny"), {"projection": PROJ},
-                               "rotations=2 flip=x")):
+                               "rotations=2 flip=x"),
+                              (build_point_model("voxelunet", 5, preset="custom", channels=(8, 8, 8, 8, 8),
+                                                 layers=(1, 1, 1, 1)), {}, "rotations=3 flip=y")):
         model.eval()
         base = point_predictor(model, **opts).base
         tta = ScanTTAConfig.parse(spec)

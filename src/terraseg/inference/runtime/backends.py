@@ -46,6 +46,7 @@ from terraseg.inference.runtime.types import Prediction, SensorMessage, StreamKi
 from terraseg.models.image.base import unpack_outputs
 from terraseg.models.image.predict import BaseImagePredictor, check_image
 from terraseg.models.image.windows import infer_probabilities
+from terraseg.models.points.pipeline import takes_source
 from terraseg.ontology import Ontology
 
 __all__ = ["Backend", "ImageBackend", "ScanBackend", "describe_backends", "load_backend", "model_kind", "xyzi"]
@@ -242,6 +243,7 @@ class ScanBackend(Backend):
     def __init__(self, predict_fn: ScanFn, ontology: Ontology | None, *, name: str, scores: bool = False,
                  model_path: str | os.PathLike[str] | None = None) -> None:
         self.predict_fn = predict_fn
+        self._named = takes_source(predict_fn)  # errors name the message's scan, not the model
         self.model_path = Path(model_path) if model_path is not None else None
         self.ontology = _require_ontology(ontology, self.model_path or name)
         self.name = name
@@ -252,7 +254,10 @@ class ScanBackend(Backend):
         t0 = time.perf_counter()
         pts = xyzi(message)
         t1 = time.perf_counter()
-        pred = self.predict_fn(pts)
+        if self._named:
+            pred = self.predict_fn(pts, source=f"{message.topic}/{message.frame_id}")
+        else:
+            pred = self.predict_fn(pts)
         t2 = time.perf_counter()
         labels = np.asarray(pred.labels).astype(self.ontology.label_dtype)
         scores = None

@@ -19,6 +19,7 @@ exported ONNX model and ``terraseg predict`` do.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ POINT_PREDICTORS: dict[str, type] = {
     "voxelunet": VoxelPredictor,
 }
 """Whole-scan predictor class of each point architecture (``model.arch``). A predictor is
-constructed as ``cls(model, **options)`` and called as ``predictor(points) -> ScanPrediction``;
+constructed as ``cls(model, **options)`` and called as ``predictor(points, source=None) ->
+ScanPrediction`` (``source``: the scan's name in error messages, default the predictor's own);
 optional attributes ``uses_intensity`` (default True), ``tta_unsupported`` (a reason, default
 None), ``fill`` and ``probabilities`` refine what :class:`ScanPipeline` does with it."""
 
@@ -124,12 +126,24 @@ class ScanPipeline:
         return pts
 
     def __call__(self, points: np.ndarray, source: str | None = None) -> ScanPrediction:
-        """Label every point of one scan; ``source`` names it in messages."""
+        """Label every point of one scan; ``source`` names it in messages (errors of the
+        predictor too, where it takes a ``source`` argument: all of :data:`POINT_PREDICTORS`)."""
         pts = self.prepare(points, source)
+        base = self.base
+        if source is not None and takes_source(base):
+            base = functools.partial(base, source=source)
         if self.tta.identity:
-            return self.base(pts)
-        return predict_views(self.base, pts, self.tta, fill=int(getattr(self.base, "fill", 0)),
+            return base(pts)
+        return predict_views(base, pts, self.tta, fill=int(getattr(self.base, "fill", 0)),
                              source=source or self.source)
+
+
+def takes_source(fn: ScanFn) -> bool:
+    """Whether a predictor's call takes a ``source`` keyword (the scan's name in its errors)."""
+    try:
+        return "source" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and other callables without a signature
+        return False
 
 
 def point_predictor(model: nn.Module, *, tta: ScanTTAConfig | str | None = None,

@@ -201,13 +201,15 @@ class RandLAPredictor:
         """Whether column 3 of the points (intensity) is a network input."""
         return int(self.model.config.in_channels) > 3
 
-    def __call__(self, points: np.ndarray) -> ScanPrediction:
+    def __call__(self, points: np.ndarray, source: str | None = None) -> ScanPrediction:
+        """Label every point of one scan; ``source`` names it in messages (default: ``self.source``)."""
+        where = source or self.source
         cfg = self.model.config
         t0 = time.perf_counter()
-        arr, valid = _network_points(points, cfg.in_channels, self.source)
+        arr, valid = _network_points(points, cfg.in_channels, where)
         idx = np.flatnonzero(valid)
         inputs = randla_inputs(arr[idx, :3], arr[idx, :cfg.in_channels], k=cfg.k, ratios=cfg.ratios, seed=self.seed,
-                               source=self.source)
+                               source=where)
         batch = collate_randla([inputs])
         t1 = time.perf_counter()
         device = _model_device(self.model, self.device)
@@ -281,18 +283,19 @@ class RangePredictor:
                     "(--projection) for TTA")
         return None
 
-    def project(self, points: np.ndarray) -> RangeImage:
-        """The range image of a scan ((N, C>=3) float points)."""
+    def project(self, points: np.ndarray, source: str | None = None) -> RangeImage:
+        """The range image of a scan ((N, C>=3) float points); ``source`` names it in messages."""
+        where = source or self.source
         p = self.projection
         if isinstance(p, OrganizedLayout):
             # a stream of scans from one sensor: decide "auto" layout and row order on the first scan
             resolved = self._layouts.get(p)
             if resolved is None:
                 resolved = self._layouts[p] = organized_layout(points, p.height, p.width, p.layout,
-                                                               min_range=DEFAULT_MIN_RANGE, source=self.source)
+                                                               min_range=DEFAULT_MIN_RANGE, source=where)
             return from_organized(points, p.height, p.width, layout=resolved[0], flip_rows=resolved[1],
-                                  min_range=DEFAULT_MIN_RANGE, source=self.source)
-        return project_scan(points, p, source=self.source)
+                                  min_range=DEFAULT_MIN_RANGE, source=where)
+        return project_scan(points, p, source=where)
 
     def _input(self, image: RangeImage) -> torch.Tensor:
         """The network input (1, C, H, W) of a range image, on the device and in the memory format."""
@@ -333,16 +336,18 @@ class RangePredictor:
         _sync(x.device)
         return labels
 
-    def __call__(self, points: np.ndarray) -> ScanPrediction:
+    def __call__(self, points: np.ndarray, source: str | None = None) -> ScanPrediction:
+        """Label every point of one scan; ``source`` names it in messages (default: ``self.source``)."""
+        where = source or self.source
         t0 = time.perf_counter()
         if isinstance(self.projection, OrganizedLayout):
             # the organised projection already tells every point's return (its row is -1 without)
-            arr = _float_points(points, self.source)
-            image = self.project(arr)
+            arr = _float_points(points, where)
+            image = self.project(arr, where)
             valid = image.point_row >= 0
         else:
-            arr, valid = _points(points, self.source)
-            image = self.project(arr)
+            arr, valid = _points(points, where)
+            image = self.project(arr, where)
         t1 = time.perf_counter()
         if self.probabilities:
             pixel_labels, pixel_probs = self.predict_image(image)
@@ -375,15 +380,17 @@ class VoxelPredictor:
     source: str = "points"
     probabilities: bool = True
 
-    def __call__(self, points: np.ndarray) -> ScanPrediction:
+    def __call__(self, points: np.ndarray, source: str | None = None) -> ScanPrediction:
+        """Label every point of one scan; ``source`` names it in messages (default: ``self.source``)."""
+        where = source or self.source
         cfg = self.model.config
         t0 = time.perf_counter()
-        arr, valid = _network_points(points, cfg.in_channels, self.source)
+        arr, valid = _network_points(points, cfg.in_channels, where)
         idx = np.flatnonzero(valid)
         if len(idx) == 0:
-            raise DataError(f"{self.source}: no points with a return (the scan is empty, or every point is zero "
+            raise DataError(f"{where}: no points with a return (the scan is empty, or every point is zero "
                             "or non-finite)")
-        vox = voxelize_scan(arr[idx], cfg.voxel_size, cfg.in_channels, cfg.centre_offsets, self.source)
+        vox = voxelize_scan(arr[idx], cfg.voxel_size, cfg.in_channels, cfg.centre_offsets, where)
         batch = collate_voxels([vox])
         t1 = time.perf_counter()
         device = _model_device(self.model, self.device)

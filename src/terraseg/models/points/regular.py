@@ -375,8 +375,9 @@ class RegularCropPredictor:
         """Whether column 3 of the points (intensity) is a network input."""
         return int(self.model.config.in_channels) > 3
 
-    def __call__(self, points: np.ndarray) -> ScanPrediction:
+    def __call__(self, points: np.ndarray, source: str | None = None) -> ScanPrediction:
+        """Label every point of one scan; ``source`` names it in messages (default: ``self.source``)."""
         return predict_scan_regular(self.model, points, num_points=self.num_points, device=self.device,
                                     max_crops=self.max_crops, seed=self.seed, grid_size=self.grid_size,
                                     smoothing=self.smoothing, recenter=self.recenter, batch_size=self.batch_size,
-                                    fill=self.fill, source=self.source)
+                                    fill=self.fill, source=source or self.source)
