@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--energy-margin", type=float, default=-5.0)
     ap.add_argument("--distill-loss", default="cosine+kl", choices=("cosine", "kl", "cosine+kl"))
     ap.add_argument("--jobs", type=int, default=2, help="trainings at once (processes, one thread each)")
-    ap.add_argument("--work", default=None, help="work folder (data, teacher and runs are re-used when present)")
+    ap.add_argument("--work", default=None, help="work folder (the simulated data, the teacher and its cached "
+                    "targets are re-used when present; every training reruns)")
     ap.add_argument("--smoke", action="store_true", help="tiny data, an untrained teacher, 2-step runs (< 60 s): plumbing only")
     a = ap.parse_args(argv)
     if a.smoke:
