@@ -48,7 +48,14 @@ import yaml
 from terraseg.active.budget import check_percent
 from terraseg.active.predict import FramePrediction, iter_predictions, load_fusion_predictor, pseudo_label_frames
 from terraseg.active.pseudo_labels import DEFAULT_CAP, SUMMARY_NAME, PseudoLabels, PseudoLabelSummary, frame_file
-from terraseg.active.rounds import collected_labels, list_rounds, load_round, round_dir, run_query_round, save_round_labels
+from terraseg.active.rounds import (
+    collected_labels,
+    list_rounds,
+    load_round,
+    round_dir,
+    run_query_round,
+    save_round_labels,
+)
 from terraseg.active.strategies import STRATEGIES, FrameContext, StrategyOptions
 from terraseg.active.timing import R_THRESHOLD, QuerySchedule
 from terraseg.errors import ConfigError, DataError
@@ -486,7 +493,6 @@ class AdaptExtension(RunExtension):
         part already on disk (an interrupted round) is reused. Returns the round's state entry."""
         from terraseg.models.fusion import FusionPredictor
 
-        a = self.acfg
         run = self.run
         was_training = model.training
         try:
@@ -528,8 +534,8 @@ class AdaptExtension(RunExtension):
         if a.pseudo_labels.regenerate and a.active.annotator == "oracle":
             out = self.run_dir / PSEUDO_DIR / f"v{k + 1:03d}"  # type: ignore[operator]
             if not (out / SUMMARY_NAME).is_file():
-                from terraseg.active.pseudo_labels import write_pseudo_labels
                 from terraseg.active.predict import CLASS_TABLE, write_class_table
+                from terraseg.active.pseudo_labels import write_pseudo_labels
 
                 summary = write_pseudo_labels(((p.name, p.probs_2d, p.probs_3d, p.index, p.num_points)
                                                for p in predictions()), out, run.num_classes,
