@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from terraseg.cli import app
 
+REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
@@ -223,3 +224,47 @@ def test_adapt_task_targets_queried_over_pseudo_labels_from_their_step() -> None
     task.use = "ensemble"
     t2, t3, _ = task.targets(batch, ident)
     assert t2.tolist() == t3.tolist() == [4, 5, 6, ign, ign]
+
+
+def test_shipped_adapt_recipe_loads(setup: dict) -> None:
+    from terraseg.active.adapt import load_adapt_recipe
+
+    cfg, a = load_adapt_recipe(REPO / "configs" / "sim_adapt.yaml", [f"adapt.source={setup['source']}"])
+    assert cfg.task == "fusion" and cfg.model.weights == str(setup["source"])
+    assert a.active.strategy == "knn_entropy" and a.active.budget == 1.0 and a.active.at == [0.0]
+
+
+def test_human_annotator_stops_after_the_round_and_resumes_once_labels_are_imported(setup: dict,
+                                                                                    tmp_path: Path) -> None:
+    from terraseg.active import load_round, load_round_labels
+
+    out = tmp_path / "runs"
+    recipe = adapt_recipe(setup, tmp_path / "h.yaml", name="hu", output=str(out),
+                          **{"adapt.active.annotator": "human", "adapt.active.at": [0.0],
+                             "adapt.pseudo_labels.regenerate": False})
+    r = runner.invoke(app, ["adapt", str(recipe), "-q"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    state = out / "hu" / "queries"
+    assert f"round 0 waits for labels: terraseg query export {state} --out TASK" in text
+    assert "adapted: 0 steps" in text and (out / "hu" / "checkpoints" / "last.ckpt").is_file()
+    r = runner.invoke(app, ["adapt", str(recipe), "-q", "--resume"])
+    assert r.exit_code == 1 and "round 0 has no labels yet" in " ".join(r.output.split())
+    # a person labels the exported points (here: every point gets class id 3) and imports them
+    task = tmp_path / "task"
+    assert runner.invoke(app, ["query", "export", str(state), "--out", str(task), "-q"]).exit_code == 0
+    for f in (task / "points").glob("**/*.csv"):
+        rows = list(csv.DictReader(open(f)))
+        with open(f, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows({**row, "label": "3"} for row in rows)
+    r = runner.invoke(app, ["query", "import", str(task), "-q"])
+    assert r.exit_code == 0, r.output
+    rnd = load_round(state, 0)
+    assert all((lab == 3).all() for lab in load_round_labels(state, 0).values()) and rnd.queried > 0
+    r = runner.invoke(app, ["adapt", str(recipe), "-q", "--resume"])
+    assert r.exit_code == 0, r.output
+    assert "adapted: 3 steps" in " ".join(r.output.split())
+    rows = list(csv.DictReader(open(out / "hu" / "metrics.csv")))
+    assert any(x.get("train/loss_query_2d") for x in rows)  # the imported labels were trained on
