@@ -268,3 +268,11 @@ def test_human_annotator_stops_after_the_round_and_resumes_once_labels_are_impor
     assert "adapted: 3 steps" in " ".join(r.output.split())
     rows = list(csv.DictReader(open(out / "hu" / "metrics.csv")))
     assert any(x.get("train/loss_query_2d") for x in rows)  # the imported labels were trained on
+
+
+def test_agreement_curve_points_are_the_miou_against_the_pseudo_labels() -> None:
+    from terraseg.active.adapt import agreement_miou
+
+    cm = torch.tensor([[2, 1, 0], [0, 3, 0], [0, 0, 0]])  # rows: pseudo-label, columns: prediction
+    assert agreement_miou(cm) == pytest.approx(100 * (2 / 3 + 3 / 4) / 2)  # class 2 absent: not averaged
+    assert agreement_miou(torch.zeros(3, 3, dtype=torch.int64)) == 0.0
