@@ -276,3 +276,53 @@ def test_agreement_curve_points_are_the_miou_against_the_pseudo_labels() -> None
     cm = torch.tensor([[2, 1, 0], [0, 3, 0], [0, 0, 0]])  # rows: pseudo-label, columns: prediction
     assert agreement_miou(cm) == pytest.approx(100 * (2 / 3 + 3 / 4) / 2)  # class 2 absent: not averaged
     assert agreement_miou(torch.zeros(3, 3, dtype=torch.int64)) == 0.0
+
+
+def test_automatic_round_waits_for_the_agreement_curve_to_saturate() -> None:
+    from types import SimpleNamespace
+
+    from terraseg.active.adapt import ActiveConfig, AdaptConfig, AdaptTask, QueryCallback
+
+    acfg = AdaptConfig(source="x", active=ActiveConfig(strategy="entropy", at=[0.0], auto_rounds=1, auto_every=2))
+    rounds: list[dict] = []
+    calls: list[int] = []
+
+    class Ext:
+        progress = False
+        state_dir = Path("unused")
+        awaiting_labels = None
+
+        def __init__(self) -> None:
+            self.acfg, self.task = acfg, AdaptTask()
+
+        def read_state(self) -> dict:
+            return {"rounds": list(rounds)}
+
+        def write_state(self, state: dict) -> None:
+            rounds[:] = state["rounds"]
+
+        def query_round(self, model: object, k: int, step: int) -> dict:
+            calls.append(step)
+            return {"round": k, "step": step, "queried_total": 1, "in_view": 100, "labelled_points": 1}
+
+    cb = QueryCallback(Ext())  # type: ignore[arg-type]
+    trainer = SimpleNamespace(global_step=0, max_steps=1000, should_stop=False)
+    module = SimpleNamespace(model=None, log=lambda *a, **k: None)
+    cb.on_train_start(trainer, module)
+    assert calls == [0]  # the fixed round at step 0
+    level = 0.0
+    for step in range(1, 61):
+        level = 80 * (1 - np.exp(-step / 6))  # agreement rising, then flat
+        n = int(level)
+        assert cb.agreement is cb.ext.task.agreement
+        cb.agreement["2d"] = torch.tensor([[n, 100 - n], [0, 0]])
+        cb.agreement["3d"] = torch.tensor([[n, 100 - n], [0, 0]])
+        trainer.global_step = step
+        cb.on_train_batch_end(trainer, module, None, None, step)
+        if len(calls) == 2:
+            break
+    assert len(calls) == 2, "the automatic round never came"
+    assert calls[1] >= 2 * 6  # at least 6 curve points (one every auto_every = 2 steps) before a decision
+    assert [r["step"] for r in rounds] == calls and cb.curves == {}  # the curve restarts after a round
+    state = cb.state_dict()  # saved in last.ckpt: curves and the running agreement counts
+    assert set(state) == {"curves", "agreement"}
