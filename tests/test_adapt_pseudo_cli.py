@@ -129,3 +129,9 @@ def test_pseudo_label_bad_inputs_are_one_line(source: tuple[Path, Path], tmp_pat
         text = " ".join(r.output.split())
         assert text.startswith("error:") and msg in text and "Traceback" not in text
         assert not out.exists()
+
+
+def test_help_of_the_new_commands_has_examples() -> None:
+    for sub in ("pseudo-label", "adapt"):
+        r = runner.invoke(app, [sub, "--help"])
+        assert r.exit_code == 0 and "Example: terraseg" in r.output
