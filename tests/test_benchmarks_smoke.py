@@ -7,6 +7,7 @@ make a run several times slower.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -277,3 +278,28 @@ def test_bench_label_efficient_smoke_runs() -> None:
     assert float(by_run["+ region contrast"][3]) >= 0 and by_run["+ region contrast"][4] == "-"
     assert float(by_run["+ boundary energy"][4]) > 0 and float(by_run["+ boundary energy"][5]) >= 0
     assert "7 trainings" in out and "teacher targets" in out
+
+
+def test_bench_adaptation_runs(tmp_path: Path) -> None:
+    out = _run("bench_adaptation.py", "--smoke", "--threads", "1", "--work", str(tmp_path / "ad"))
+    lines = out.splitlines()
+    gap = next(line for line in lines if line.startswith("gap check (forest-day@small -> forest-fog@small"))
+    assert ("ok (>= 5)" in gap) != ("TOO SMALL" in gap)
+    start = next(i for i, line in enumerate(lines) if line.startswith("| row |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    assert header == ["row", "2D", "3D", "2D+3D", "labelled target points"]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2:start + 7]]
+    assert [r[0] for r in rows] == ["source-only", "adapt: pseudo-labels + xM", "adapt + 1 % random",
+                                    "adapt + 1 % entropy", "target-supervised (ceiling)"]
+    for r in rows:
+        assert all(0 <= float(v) <= 100 for v in r[1:4])
+    points = [int(r[4]) for r in rows]
+    assert points[:2] == [0, 0] and min(points[2:4]) > 0 and points[4] > 50 * max(points[2:4])
+    # every number comes from a printed terraseg command: 2 sims, 2 trainings, 3 adaptations, 5 evaluations
+    commands = [line[2:].split()[1] for line in lines if line.startswith("$ terraseg ")]
+    assert sorted(commands) == sorted(["sim"] * 2 + ["train"] * 2 + ["adapt"] * 3 + ["eval"] * 5)
+    run = next((tmp_path / "ad" / "runs").glob("*--adapt-*-entropy-1pct-2steps"))
+    state = json.loads((run / "adapt_state.json").read_text())["rounds"]
+    assert len(state) == 1 and state[0]["step"] == 0 and state[0]["queried"] >= points[3] == state[0]["labelled_points"]
+    again = _run("bench_adaptation.py", "--smoke", "--threads", "1", "--work", str(tmp_path / "ad"))
+    assert "$ terraseg" not in again and "0 command(s) run" in again

@@ -14,6 +14,10 @@ plus the files a person in the loop works with. Reference: Omni-Query active lea
 - :mod:`~terraseg.active.timing`: fixed-fraction and automatic (log-curve saturation) query times.
 - :mod:`~terraseg.active.rounds`: query rounds on disk (resume), labelled masks, imported labels.
 - :mod:`~terraseg.active.task`: labelling tasks (previews, point CSVs, CVAT segmentation masks).
+- :mod:`~terraseg.active.predict`: a cross-modal model over a dataset (probabilities, features,
+  pseudo-label folders: ``terraseg pseudo-label``).
+- Source-free adaptation with query rounds (``terraseg adapt``) builds on these and on the
+  training engine, so it lives in :mod:`terraseg.training.adapt`.
 
 >>> import numpy as np
 >>> from terraseg.active import FrameContext, budget_count, select
@@ -25,6 +29,13 @@ plus the files a person in the loop works with. Reference: Omni-Query active lea
 """
 
 from terraseg.active.budget import budget_count, check_percent, labelled_fraction
+from terraseg.active.predict import (
+    FramePrediction,
+    load_fusion_predictor,
+    predict_frame,
+    pseudo_label_dataset,
+    pseudo_label_frames,
+)
 from terraseg.active.pseudo_labels import (
     DEFAULT_CAP,
     MODALITIES,
@@ -112,6 +123,7 @@ __all__ = [
     "CurveFit",
     "CurveTrend",
     "FrameContext",
+    "FramePrediction",
     "FrameQuery",
     "FrameSelection",
     "ImportSummary",
@@ -146,13 +158,17 @@ __all__ = [
     "labelled_fraction",
     "labelled_masks",
     "list_rounds",
+    "load_fusion_predictor",
     "load_round",
     "load_round_labels",
     "log_curve",
     "lower_median",
     "masks_from_output",
     "max_confidence",
+    "predict_frame",
     "predict_modalities",
+    "pseudo_label_dataset",
+    "pseudo_label_frames",
     "query_frame",
     "rank",
     "read_cvat_labels",

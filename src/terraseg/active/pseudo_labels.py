@@ -204,11 +204,15 @@ class PseudoLabels:
         modalities: modality name (:data:`MODALITIES`) -> :class:`ModalityLabels`.
         thresholds: modality -> (C,) float32 thresholds used for ``keep``.
         num_classes: C.
+        index: (N,) int64 index of each labelled point in its scan (the in-view points), or None.
+        num_points: points in the whole scan, or None.
     """
 
     modalities: Mapping[str, ModalityLabels]
     thresholds: Mapping[str, np.ndarray]
     num_classes: int
+    index: np.ndarray | None = None
+    num_points: int | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.modalities.values())).label)
@@ -221,7 +225,17 @@ class PseudoLabels:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write to ``path`` (``.npz``) atomically (arrays ``label_<m>``, ``conf_<m>``, ``keep_<m>``, ``thr_<m>``)."""
-        return _save_npz(path, self.modalities, self.thresholds, self.num_classes, final=True)
+        return _save_npz(path, self.modalities, self.thresholds, self.num_classes, final=True,
+                         extra=_point_arrays(self.index, self.num_points))
+
+    def full_labels(self, modality: str = "ensemble", ignore_index: int = 255) -> np.ndarray:
+        """(num_points,) int64 kept labels of ``modality`` spread over the whole scan
+        (``ignore_index`` at points without a kept label or out of view); needs ``index``."""
+        if self.index is None or self.num_points is None:
+            raise DataError("these pseudo-labels do not record the scan indices of their points")
+        out = np.full(self.num_points, np.int64(ignore_index), dtype=np.int64)
+        out[self.index] = self.labels(modality, ignore_index)
+        return out
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PseudoLabels:
@@ -255,14 +269,30 @@ class PseudoLabels:
                 raise DataError(f"{p}: arrays of modality {m!r} have inconsistent lengths")
             n = lens.pop()
             out[m] = ml
-        return cls(out, thr, num_classes)
+        index = data.get("index")
+        num_points = int(data["num_points"]) if "num_points" in data else None
+        if index is not None and (len(index) != n or num_points is None or
+                                  (len(index) and (index.min() < 0 or index.max() >= num_points))):
+            raise DataError(f"{p}: point indices do not match the labels (or lie outside the scan)")
+        return cls(out, thr, num_classes, None if index is None else index.astype(np.int64), num_points)
+
+
+def _point_arrays(index: Any, num_points: int | None) -> dict[str, np.ndarray]:
+    if index is None:
+        return {}
+    idx = np.asarray(index, dtype=np.int64)
+    if num_points is None:
+        raise DataError("pseudo-labels with point indices need the scan's number of points")
+    return {"index": idx, "num_points": np.array(int(num_points))}
 
 
 def _save_npz(path: str | os.PathLike[str], mods: Mapping[str, ModalityLabels | Prediction],
-              thresholds: Mapping[str, np.ndarray] | None, num_classes: int, final: bool) -> Path:
+              thresholds: Mapping[str, np.ndarray] | None, num_classes: int, final: bool,
+              extra: Mapping[str, np.ndarray] | None = None) -> Path:
     dtype = np.uint8 if num_classes <= 256 else np.uint16
     arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT), "final": np.array(final),
-                                     "modalities": np.array(list(mods)), "num_classes": np.array(num_classes)}
+                                     "modalities": np.array(list(mods)), "num_classes": np.array(num_classes),
+                                     **dict(extra or {})}
     for m, v in mods.items():
         arrays[f"label_{m}"] = np.asarray(v.label).astype(dtype)
         arrays[f"conf_{m}"] = np.asarray(v.confidence, dtype=np.float32)
@@ -346,8 +376,10 @@ class PseudoLabelSummary:
             raise DataError(f"{p}: malformed pseudo-label summary ({exc})") from None
 
 
-FrameProbs = tuple[str, Any, Any]
-"""``(frame name, probs_2d or None, probs_3d or None)`` with (N, C) softmax probabilities."""
+FrameProbs = tuple[Any, ...]
+"""``(frame name, probs_2d or None, probs_3d or None)`` with (N, C) softmax probabilities, optionally
+followed by ``index`` ((N,) indices of the points in their scan) and ``num_points`` (the scan's size),
+which the files then record (:meth:`PseudoLabels.full_labels`)."""
 
 
 def write_pseudo_labels(frames: Iterable[FrameProbs], out_dir: str | os.PathLike[str], num_classes: int,
@@ -383,7 +415,12 @@ def write_pseudo_labels(frames: Iterable[FrameProbs], out_dir: str | os.PathLike
     if summary_path.exists():
         summary_path.unlink()  # the folder is incomplete until pass 2 writes it again
     with ProgressBar(total, "pseudo-labels: predict", enabled=progress) as bar:
-        for name, p2, p3 in frames:
+        for item in frames:
+            name, p2, p3 = item[:3]
+            extra = _point_arrays(item[3], item[4]) if len(item) >= 5 else {}
+            if extra and len(extra["index"]) != len(p2 if p2 is not None else p3):
+                raise DataError(f"frame {name}: {len(extra['index'])} point indices for "
+                                f"{len(p2 if p2 is not None else p3)} predictions")
             if name in names:
                 raise DataError(f"frame {name!r} appears twice")
             try:
@@ -399,7 +436,7 @@ def write_pseudo_labels(frames: Iterable[FrameProbs], out_dir: str | os.PathLike
                 if m not in acc:
                     acc[m] = ClassConfidences(num_classes)
                 acc[m].add(pr.label, pr.confidence)
-            _save_npz(frame_file(out, name), preds, None, num_classes, final=False)
+            _save_npz(frame_file(out, name), preds, None, num_classes, final=False, extra=extra)
             names.append(name)
             bar.advance()
     if not names:
@@ -416,13 +453,15 @@ def write_pseudo_labels(frames: Iterable[FrameProbs], out_dir: str | os.PathLike
         for name in names:
             path = frame_file(out, name)
             with np.load(path, allow_pickle=False) as z:
+                index = z["index"] if "index" in z.files else None
+                num_points = int(z["num_points"]) if "num_points" in z.files else None
                 mods: dict[str, ModalityLabels] = {}
                 for m in acc:
                     lab, conf = z[f"label_{m}"].astype(np.int64), z[f"conf_{m}"]
                     keep = keep_mask(lab, conf, thresholds[m])
                     kept[m] += np.bincount(lab[keep], minlength=num_classes)
                     mods[m] = ModalityLabels(lab, conf, keep)
-            PseudoLabels(mods, thresholds, num_classes).save(path)
+            PseudoLabels(mods, thresholds, num_classes, index, num_points).save(path)
             bar.advance()
     summary = PseudoLabelSummary(out, tuple(names), num_classes, float(cap),
                                  {m: ModalityStats(acc[m].counts(), kept[m], medians[m], thresholds[m]) for m in acc})

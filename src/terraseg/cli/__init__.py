@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from terraseg.cli import (  # noqa: F401  (register sub-commands)
+    adapt,
     aggregate,
     bags,
     convert_masks,

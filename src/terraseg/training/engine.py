@@ -562,9 +562,26 @@ def _resume_notes(cfg: TrainConfig, ckpt: dict[str, Any], world: int) -> tuple[s
     return where, notes
 
 
+class RunExtension:
+    """Hooks a caller adds to a run (``train(cfg, extension=...)``), e.g. source-free adaptation.
+
+    :meth:`check` runs once the recipe is built (datasets, model, loss), before the run folder is
+    created: raise a ConfigError / DataError there and nothing is written. :meth:`start` runs
+    once the run folder exists (a failure there removes a fresh folder again) and returns extra
+    Lightning callbacks. Both may change the run's datasets, task adapter and meta in place.
+    """
+
+    def check(self, run: Any, resume: bool) -> None:
+        """Validate and adjust the built run (``run``: the engine's ``_Run``)."""
+
+    def start(self, run: Any, run_dir: Path, resume: bool) -> list[Any]:
+        """Prepare files in ``run_dir``; the callbacks to add to the trainer."""
+        return []
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          devices: int | str | None = None, num_nodes: int | None = None, accelerator: str | None = None
-          ) -> TrainResult:
+          devices: int | str | None = None, num_nodes: int | None = None, accelerator: str | None = None,
+          extension: RunExtension | None = None) -> TrainResult:
     """Train a model from a recipe.
 
     The whole recipe (data, model, loss, augmentation, copy-paste, evaluation) is built and checked
@@ -577,6 +594,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         overwrite: replace an existing run folder of the same name.
         progress: show the progress bar and a summary line per validation.
         devices, num_nodes, accelerator: override ``trainer.*`` (the CLI's ``--devices`` ...).
+        extension: a :class:`RunExtension` (extra checks, files and callbacks; e.g. ``terraseg adapt``).
 
     Returns:
         A :class:`TrainResult`.
@@ -602,6 +620,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
             run_dir, created = prepare_run_dir(cfg, resume, overwrite)
         try:
             run = _Run(cfg, run_dir if early_dir else None, progress)
+            if extension is not None:
+                extension.check(run, resume)
             resume_ckpt = None
             if resume:
                 from terraseg.training.callbacks import load_resume_checkpoint
@@ -616,8 +636,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
             run.run_dir = run_dir
         trainer = None
         try:
+            extra = extension.start(run, run_dir, resume) if extension is not None else []
             trainer, early, ckpts = _build_trainer(cfg, run, run_dir, resume_ckpt, progress, devices, num_nodes,
-                                                   accelerator)
+                                                   accelerator, extra)
             dm = _DataModule(run, cfg, loader_position(resume_ckpt) if resume_ckpt else None)
             if _channels_last(cfg):
                 run.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -653,8 +674,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
 
 
 def _build_trainer(cfg: TrainConfig, run: _Run, run_dir: Path, resume_ckpt: dict[str, Any] | None, progress: bool,
-                   devices: int | str | None, num_nodes: int | None, accelerator: str | None
-                   ) -> tuple[Any, Any, Any]:
+                   devices: int | str | None, num_nodes: int | None, accelerator: str | None,
+                   extra_callbacks: list[Any] | None = None) -> tuple[Any, Any, Any]:
     """Write the run's first files (recipe, class weights; on resume: drop the logs past the
     checkpoint) and build the Lightning trainer; returns ``(trainer, early stopping or None,
     RunCheckpoints)``."""
@@ -685,6 +706,8 @@ def _build_trainer(cfg: TrainConfig, run: _Run, run_dir: Path, resume_ckpt: dict
                               min_delta=cfg.early_stopping.min_delta, check_finite=False,
                               check_on_train_epoch_end=False)
         callbacks.append(early)
+    # the extension's hooks run before the checkpoints' (a checkpoint holds what they did at its step)
+    callbacks.extend(extra_callbacks or [])
     ckpts = RunCheckpoints(run_dir, {**run.meta, "config": cfg.to_dict()}, ema, tr.checkpoint_every_steps,
                            cfg.early_stopping.min_delta)
     ckpts.history = read_history(run_dir) if resume_ckpt is not None else []
