@@ -115,10 +115,10 @@ def _losses(run: Path) -> list[tuple[str, str]]:
 
 def test_adapt_rounds_budget_labels_and_exact_resume(setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from terraseg.active import budget_count, labelled_masks, load_round, load_round_labels
-    from terraseg.training.adapt import AdaptLabels
     from terraseg.active.pseudo_labels import PseudoLabels
     from terraseg.datasets import open_dataset
     from terraseg.models.fusion.view import frame_view
+    from terraseg.training.adapt import AdaptLabels
 
     out = tmp_path / "runs"
     recipe = adapt_recipe(setup, tmp_path / "a.yaml", output=str(out))
