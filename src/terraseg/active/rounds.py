@@ -131,6 +131,22 @@ class QueryRound:
         return sum(f.labelled_after for f in self.frames) / total if total else 0.0
 
 
+
+def read_format_json(path: Path, fmt: str, what: str) -> dict[str, Any]:
+    """A JSON file whose ``format`` field must be ``fmt``.
+
+    Raises:
+        DataError: invalid JSON or another format, naming the file and ``what`` was expected.
+    """
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise DataError(f"{path}: not a {what} (format {found!r})")
+    return meta
+
 def round_dir(state_dir: str | os.PathLike[str], index: int) -> Path:
     return Path(state_dir) / f"{ROUND_PREFIX}{index:03d}"
 
@@ -199,12 +215,7 @@ def load_round(state_dir: str | os.PathLike[str], index: int | None = None) -> Q
     meta_path = d / "round.json"
     if not meta_path.is_file():
         raise DataError(f"{d}: query round {index} not found")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as exc:
-        raise DataError(f"{meta_path}: not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{meta_path}: not a terraseg query round (format {meta.get('format')!r})")
+    meta = read_format_json(meta_path, FORMAT, "terraseg query round")
     try:
         with np.load(d / "queries.npz", allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

@@ -55,6 +55,7 @@ from terraseg.active.rounds import (
     QueryRound,
     load_round,
     load_round_labels,
+    read_format_json,
     save_round_labels,
 )
 from terraseg.errors import DataError
@@ -627,12 +628,7 @@ def import_task(task_dir: str | os.PathLike[str], cvat: str | os.PathLike[str] |
     meta_path = task / "task.json"
     if not meta_path.is_file():
         raise DataError(f"{task}: not a labelling task (no task.json)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as exc:
-        raise DataError(f"{meta_path}: not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{meta_path}: not a terraseg labelling task (format {meta.get('format')!r})")
+    meta = read_format_json(meta_path, FORMAT, "terraseg labelling task")
     sd = state_dir if state_dir is not None else meta.get("state_dir")
     if sd is None:
         raise DataError(f"{meta_path}: the task does not record its state folder; give it (--state)")

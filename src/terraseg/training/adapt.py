@@ -60,11 +60,10 @@ from terraseg.active.strategies import STRATEGIES, FrameContext, StrategyOptions
 from terraseg.active.timing import R_THRESHOLD, QuerySchedule
 from terraseg.errors import ConfigError, DataError
 from terraseg.io.atomic import atomic_write_text
-from terraseg.training.config import TrainConfig, _build, apply_override
+from terraseg.training.config import TrainConfig, _build, read_recipe
 from terraseg.training.data import IGNORE_INDEX
 from terraseg.training.engine import RunExtension, TrainResult, train
 from terraseg.training.module import FusionTask
-from terraseg.yamlio import read_yaml
 
 STATE_NAME = "adapt_state.json"
 QUERY_DIR = "queries"
@@ -206,12 +205,7 @@ def load_adapt_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = (
     overrides (``adapt.active.strategy=entropy`` too) and validate both parts; ``model.weights`` becomes
     ``adapt.source``. Nothing is written."""
     p = Path(path)
-    data = read_yaml(p, "adaptation recipe", ConfigError)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: an adaptation recipe must be a YAML mapping")
-    d = dict(data)
-    for item in overrides:
-        apply_override(d, item, str(p))
+    d = read_recipe(p, overrides, "adaptation recipe")
     section = d.pop("adapt", None)
     if not isinstance(section, dict):
         raise ConfigError(f"{p}: an adaptation recipe needs an adapt: section (at least adapt.source, the source-only "

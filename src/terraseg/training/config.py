@@ -484,16 +484,27 @@ class TrainConfig:
                               "augment.points)")
 
 
-def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a recipe file and apply ``key=value`` overrides."""
+def read_recipe(path: str | os.PathLike[str], overrides: Sequence[str] = (), what: str = "training recipe"
+                ) -> dict[str, Any]:
+    """A recipe file as a dict, ``key=value`` overrides applied (nothing validated yet).
+
+    Raises:
+        ConfigError: unreadable YAML, not a mapping, or a bad override.
+    """
     p = Path(path)
-    data = read_yaml(p, "training recipe", ConfigError)
+    data = read_yaml(p, what, ConfigError)
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{p}: a training recipe must be a YAML mapping")
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise ConfigError(f"{p}: {article} {what} must be a YAML mapping")
     d = dict(data)
     for item in overrides:
         apply_override(d, item, str(p))
-    return TrainConfig.from_dict(d, str(p))
+    return d
+
+
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a recipe file and apply ``key=value`` overrides."""
+    return TrainConfig.from_dict(read_recipe(path, overrides), str(Path(path)))
 
 
 def apply_override(d: dict[str, Any], item: str, source: str = "<config>") -> None:
