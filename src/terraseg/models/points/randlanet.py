@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from terraseg.errors import ConfigError, DataError
+from terraseg.models.points.bn_fold import batch_norm_affine
 
 LEAKY_SLOPE = 0.2  # tf.nn.leaky_relu default, used by the official implementation
 BN_EPS = 1e-6
@@ -154,15 +155,7 @@ class SharedMLP(nn.Module):
         bn = self.bn
         if bn is None:
             return w, b
-        assert bn.running_var is not None and bn.running_mean is not None
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight
-        shift = -bn.running_mean * scale
-        if b is not None:
-            shift = shift + b * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias
+        scale, shift = batch_norm_affine(bn, b)
         return w * scale[:, None], shift
 
     def forward(self, x: Tensor) -> Tensor:

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from terraseg.errors import ConfigError, DataError
+from terraseg.models.points.bn_fold import batch_norm_affine
 from terraseg.models.points.sparse_conv import (
     Method,
     SparseTensor,
@@ -169,15 +170,7 @@ def _bn(c: int) -> nn.BatchNorm1d:
 
 def _fold(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
     """(weight, bias) of ``bn(conv(x))`` in eval mode as one convolution (output channels last)."""
-    assert bn.running_var is not None and bn.running_mean is not None
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bias is not None:
-        shift = shift + bias * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
+    scale, shift = batch_norm_affine(bn, bias)
     return weight * scale, shift
 
 
