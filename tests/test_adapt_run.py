@@ -78,6 +78,10 @@ def adapt_recipe(setup: dict, path: Path, name: str = "ad", **extra: object) -> 
     ({"fusion": {"target": {"root": "x"}}}, "fusion.target does not apply to source-free adaptation"),
     ({"trainer.max_steps": None, "trainer.max_epochs": 2}, "set trainer.max_steps"),
     ({"adapt.pseudo_labels.dir": "/nonexistent/pl"}, "no finished pseudo-label folder"),
+    ({"model.net3d": {"arch": "voxelunet", "preset": "scn", "in_channels": 4}},
+     "model.net3d.arch is 'voxelunet', the source's is 'randlanet'; model.net3d.preset is 'scn', the source's is "
+     "'small'. Copy model: from the source run's config.yaml"),
+    ({"model.net3d.options": {"input_norm": False}}, "model.net3d.options.input_norm is False, the source's is True"),
 ])
 def test_adapt_recipe_errors_are_one_line_and_leave_no_run_folder(setup: dict, tmp_path: Path, extra: dict,
                                                                   error: str) -> None:

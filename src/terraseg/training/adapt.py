@@ -36,7 +36,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -151,6 +151,33 @@ class AdaptConfig:
     def strategy_options(self, seed: int) -> StrategyOptions:
         a = self.active
         return StrategyOptions(**{**a.options, "seed": a.seed if a.seed is not None else seed})
+
+
+def source_model_differences(cfg: TrainConfig, spec: Mapping[str, Any]) -> list[str]:
+    """Where the recipe's ``model.net2d`` / ``net3d`` differ from a cross-modal checkpoint's ``spec``:
+    architecture, 2D encoder, 3D preset and input channels, and every option the recipe sets that the
+    checkpoint records (``voxel_size``, ``channels``...). Empty when they agree; keys the recipe leaves
+    unset are not compared."""
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return bool(a == b)
+
+    out: list[str] = []
+    for name, net in (("net2d", cfg.model.net2d), ("net3d", cfg.model.net3d)):
+        have = spec.get(name)
+        if net is None or not isinstance(have, Mapping):
+            continue
+        pairs: list[tuple[str, Any]] = [("arch", net.arch)]
+        pairs += [("encoder", getattr(net, "encoder", None)), ("preset", getattr(net, "preset", None)),
+                  ("in_channels", getattr(net, "in_channels", None))]
+        pairs += [(f"options.{k}", v) for k, v in sorted((net.options or {}).items())]
+        for key, want in pairs:
+            field_name = key.removeprefix("options.")
+            if want is None or field_name not in have or same(want, have[field_name]):
+                continue
+            out.append(f"model.{name}.{key} is {want!r}, the source's is {have[field_name]!r}")
+    return out
 
 
 def check_adapt_config(a: AdaptConfig, cfg: TrainConfig) -> None:
@@ -428,7 +455,12 @@ class AdaptExtension(RunExtension):
 
         self.run = run
         cfg, a = self.cfg, self.acfg
-        load_fusion_predictor(a.source, "cpu")  # a fusion checkpoint (clear error otherwise)
+        source = load_fusion_predictor(a.source, "cpu")  # a fusion checkpoint (clear error otherwise)
+        diffs = source_model_differences(cfg, getattr(source.model, "spec", {}) or {})
+        if diffs:
+            raise ConfigError(f"{cfg.source}: adaptation continues the source model {a.source}, but the recipe's "
+                              f"model differs from it: {'; '.join(diffs)}. Copy model: from the source run's "
+                              "config.yaml (a different network would start from scratch where it differs)")
         frames = run.train_frames
         names = [str(frames[i].frame_id) for i in range(len(frames))]
         if len(set(names)) != len(names):
