@@ -214,3 +214,38 @@ def test_a_fusion_checkpoint_is_refused_where_a_camera_model_is_expected(trained
         ImagePredictor.from_checkpoint(trained / "checkpoints" / "best.pth")
     r = runner.invoke(app, ["export", str(trained / "checkpoints" / "best.pth"), "--onnx", "x.onnx"])
     assert r.exit_code == 1 and "ONNX export of cross-modal (fusion) models is not supported" in r.output
+
+
+def test_voxel_unet_as_the_3d_network_trains_evaluates_and_adapts(sim_root: Path, tmp_path: Path) -> None:
+    """The shipped recipes' 3D network (the sparse voxel U-Net, xMUDA's SCN preset): a fusion run
+    learns, its eval reproduces the training validation, and ``terraseg adapt`` continues it with
+    a feature-space query (kNN entropy reads the voxel U-Net's per-point features)."""
+    vox = {"arch": "voxelunet", "preset": "scn", "in_channels": 4, "options": {"voxel_size": 0.1}}
+    d = fusion_recipe(sim_root, tmp_path / "runs", **{"model.net3d": vox, "fusion.target": None})
+    recipe = tmp_path / "vox.yaml"
+    recipe.write_text(yaml.safe_dump(d))
+    r = runner.invoke(app, ["train", str(recipe), "-q"])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "xm"
+    best = json.loads((run / "best.json").read_text())
+    base = _majority_miou(sim_root)
+    assert best["val/mIoU"] > base, (best, base)
+    ckpt = run / "checkpoints" / "best.pth"
+    from terraseg.models.surgery import read_checkpoint
+
+    spec = read_checkpoint(ckpt).spec
+    assert spec["net3d"]["arch"] == "voxelunet" and spec["net3d"]["voxel_size"] == 0.1
+    ev = runner.invoke(app, ["eval", str(ckpt), "--split", "val", "--out", str(tmp_path / "ev"), "-q"])
+    assert ev.exit_code == 0, ev.output
+    got = json.loads((tmp_path / "ev" / "modalities.json").read_text())["results"]
+    for mod, key in (("2d+3d", "val/mIoU"), ("3d", "val/mIoU_3d")):
+        assert got[mod]["summary"]["mIoU"] == pytest.approx(best[key], abs=0.02), mod
+    ad = dict(d, name="ad", trainer={"max_steps": 2, "max_epochs": None, "val_every_steps": 2, "log_every": 1},
+              loss=[{"name": "ce"}])
+    ad["adapt"] = {"source": str(ckpt), "active": {"strategy": "knn_entropy", "budget": 5.0, "at": [0.0],
+                                                    "annotator": "oracle"}}
+    (tmp_path / "ad.yaml").write_text(yaml.safe_dump(ad))
+    r = runner.invoke(app, ["adapt", str(tmp_path / "ad.yaml"), "-q"])
+    assert r.exit_code == 0, r.output
+    rounds = json.loads((tmp_path / "runs" / "ad" / "adapt_state.json").read_text())["rounds"]
+    assert len(rounds) == 1 and rounds[0]["strategy"] == "knn_entropy" and rounds[0]["labelled_points"] > 0
