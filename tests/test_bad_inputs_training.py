@@ -168,4 +168,6 @@ def test_the_good_files_work(files: dict[str, Path], tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output[-2000:]
     assert sorted(p.name for p in (tmp_path / "onnx" / "ids").iterdir()) == sorted(
         p.stem + ".png" for p in files["images"].iterdir())
-    assert json.loads((files["run"] / "summary.json").read_text())["steps"] == 1
+    summary = json.loads((files["run"] / "summary.json").read_text())
+    assert summary["steps"] == 1  # and where it ran, so a reported figure says its device and precision
+    assert (summary["device"], summary["devices"], summary["precision"]) == ("cpu", 1, "32-true")

@@ -666,6 +666,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
             {"name": cfg.name, "task": cfg.task, "ontology": run.ontology.name, "best_mIoU": result.best_miou,
              "best_epoch": result.best_epoch, "epochs": result.epochs, "steps": result.steps,
              "seconds": round(result.seconds, 2), "stopped_early": result.stopped_early,
+             "device": str(trainer.strategy.root_device), "devices": int(trainer.num_devices),
+             "precision": str(trainer.precision),
              "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
              "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
              **(run.label_efficient.summary if run.label_efficient is not None else {})},
