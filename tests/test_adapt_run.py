@@ -236,6 +236,11 @@ def test_shipped_adapt_recipe_loads(setup: dict) -> None:
     cfg, a = load_adapt_recipe(REPO / "configs" / "sim_adapt.yaml", [f"adapt.source={setup['source']}"])
     assert cfg.task == "fusion" and cfg.model.weights == str(setup["source"])
     assert a.active.strategy == "knn_entropy" and a.active.budget == 1.0 and a.active.at == [0.0]
+    from terraseg.training.config import load_config
+
+    source_recipe = load_config(REPO / "configs" / "sim_xmuda.yaml")  # adapts what that recipe trains
+    assert (cfg.model.net2d, cfg.model.net3d) == (source_recipe.model.net2d, source_recipe.model.net3d)
+    assert cfg.model.net3d is not None and cfg.model.net3d.arch == "voxelunet"
 
 
 def test_human_annotator_stops_after_the_round_and_resumes_once_labels_are_imported(setup: dict,
