@@ -17,8 +17,10 @@ measured). Every number comes from a printed ``terraseg`` command run in this pr
 Datasets, checkpoints and scores in ``--work`` are reused by a later run with the same arguments.
 
 Usage:
-    python benchmarks/bench_adaptation.py --work runs/adaptation              # the defaults (~30 min)
-    python benchmarks/bench_adaptation.py --work runs/adaptation --strategies all
+    python benchmarks/bench_adaptation.py --work runs/adaptation              # the defaults (< 30 min, 2 cores)
+    python benchmarks/bench_adaptation.py --work runs/adaptation --strategies random,knn_entropy
+    python benchmarks/bench_adaptation.py --work runs/gpu --jobs 3 --train-frames 0 --max-points 4096 \
+        --train-steps 1500 --adapt-steps 400                                  # a GPU: seeds in parallel
     python benchmarks/bench_adaptation.py --smoke                             # the pipeline only
 """
 
@@ -40,8 +42,9 @@ from bench_domain_gap import Bench, fmt, parse_scenarios, terraseg  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "sim_xmuda.yaml"
 ALL_STRATEGIES = ("random", "confidence", "margin", "entropy", "knn_entropy", "regions", "voxel_entropy", "redal")
-DEFAULT_STRATEGIES = ("random", "entropy")
-"""The default subset (cheap on 2 cores); ``--strategies all`` runs the eight."""
+SMOKE_STRATEGIES = ("random", "entropy")
+"""What ``--smoke`` runs unless ``--strategies`` is given (the default is all eight)."""
+DEFAULT_SEEDS = "0,1,2"
 
 
 class AdaptBench(Bench):
@@ -53,7 +56,7 @@ class AdaptBench(Bench):
                 f"trainer.val_every_steps={steps}", "schedule.horizon=steps",
                 f"schedule.warmup_iters={min(20, max(steps // 5, 1))}", f"data.max_points={a.max_points}",
                 f"data.max_train_frames={a.train_frames}" if a.train_frames else "data.max_train_frames=null",
-                f"data.max_val_frames={a.val_frames}"]
+                f"data.max_val_frames={a.val_frames}", *a.set]
         return over
 
     def train(self, data: Path, seed: int) -> Path:  # type: ignore[override]
@@ -131,11 +134,41 @@ def target_labelled_points(bench: AdaptBench, data: Path) -> int:
     return total
 
 
+def run_seeds_apart(argv: list[str], seeds: list[int], jobs: int, threads: int, work: Path) -> None:
+    """Run each seed's trainings, adaptations and evaluations in its own process (``jobs`` at a time),
+    each logging to ``work/seed-S.log``; the caller then reuses their results for the table."""
+    import subprocess
+
+    per = threads or max(1, (os.cpu_count() or 1) // jobs)
+    pending, running = list(seeds), []
+    failed: list[tuple[int, Path]] = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            s = pending.pop(0)
+            log = work / f"seed-{s}.log"
+            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--seeds", str(s), "--jobs", "1",
+                   "--threads", str(per)]
+            print(f"$ {' '.join(cmd[1:])}  > {log}", flush=True)
+            running.append((s, log, subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)))
+        time.sleep(2)
+        for item in list(running):
+            s, log, proc = item
+            if proc.poll() is not None:
+                running.remove(item)
+                print(f"  seed {s}: exit status {proc.returncode}", flush=True)
+                if proc.returncode:
+                    failed.append((s, log))
+    if failed:
+        s, log = failed[0]
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise RuntimeError(f"seed {s} failed ({len(failed)} seed(s) in all); the end of {log}:\n{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/adaptation", help="folder for datasets, runs and scores (reused)")
     p.add_argument("--scenario", default="forest-day:forest-fog", help="SOURCE:TARGET, a side DOMAIN[@LIDAR]")
-    p.add_argument("--seeds", default="0,1,2", help="training seeds (mean +- std over them)")
+    p.add_argument("--seeds", default=DEFAULT_SEEDS, help="training seeds (mean +- std over them)")
     p.add_argument("--data-seed", type=int, default=1, help="world seed of the source (target: + 10)")
     p.add_argument("--frames", type=int, default=240, help="frames per dataset (60/20/20 %% train/val/test)")
     p.add_argument("--camera", default="small")
@@ -143,20 +176,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-frames", type=int, default=30, help="training frames used per run (0: all)")
     p.add_argument("--val-frames", type=int, default=4, help="validation frames (logging only; scores are on test)")
     p.add_argument("--max-points", type=int, default=1024, help="in-view points per training sample")
-    p.add_argument("--train-steps", type=int, default=50, help="steps of the source-only and target models")
-    p.add_argument("--adapt-steps", type=int, default=20, help="steps of each adaptation run")
+    p.add_argument("--train-steps", type=int, default=400, help="steps of the source-only and target models")
+    p.add_argument("--adapt-steps", type=int, default=100, help="steps of each adaptation run")
     p.add_argument("--adapt-lr", type=float, default=1e-3, help="learning rate of adaptation (Adam)")
     p.add_argument("--lambda-xm-trg", type=float, default=0.1, help="target cross-modal KL weight (xMUDA 0.1)")
     p.add_argument("--budget", type=float, default=1.0, help="percent of each scan's in-view points labelled")
-    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES), help="comma-separated, or all")
-    p.add_argument("--threads", type=int, default=0, help="torch / numba threads (0: all cores)")
-    p.add_argument("--smoke", action="store_true", help="6 frames, tiny camera, 2 steps, 1 seed, 2 strategies")
+    p.add_argument("--strategies", default=None, help="comma-separated, or all (the default; --smoke: random,entropy)")
+    p.add_argument("--threads", type=int, default=0, help="torch / numba threads (0: all cores, split between jobs)")
+    p.add_argument("--jobs", type=int, default=1, help="seeds run at once, one process each (a GPU or many cores)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a recipe override for every train and adapt run (e.g. trainer.precision=32); run names "
+                        "do not show it, so give such runs their own --work")
+    p.add_argument("--smoke", action="store_true", help="6 frames, tiny camera, 2 steps, 1 seed (unless --seeds), 2 strategies")
     a = p.parse_args(argv)
     if a.smoke:
-        a.frames, a.camera, a.train_steps, a.adapt_steps, a.seeds = 6, "tiny", 2, 2, "0"
+        a.frames, a.camera, a.train_steps, a.adapt_steps = 6, "tiny", 2, 2
+        a.seeds = "0" if a.seeds == DEFAULT_SEEDS else a.seeds
         a.train_frames, a.val_frames, a.max_points = 0, 1, 512
-        if a.strategies == ",".join(DEFAULT_STRATEGIES):
-            a.strategies = "random,entropy"
+        a.strategies = a.strategies or ",".join(SMOKE_STRATEGIES)
+    a.strategies = a.strategies or "all"
     strategies = list(ALL_STRATEGIES) if a.strategies == "all" else [s.strip() for s in a.strategies.split(",") if s.strip()]
     bad = [s for s in strategies if s not in ALL_STRATEGIES]
     if bad:
@@ -173,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = AdaptBench(a)
     t0 = time.perf_counter()
     d_src, d_tgt = bench.data(src, "source"), bench.data(tgt, "target")
+    if a.jobs > 1 and len(seeds) > 1:
+        run_seeds_apart(list(sys.argv[1:] if argv is None else argv), seeds, a.jobs, a.threads, bench.work)
 
     rows: list[tuple[str, dict[str, list[float]], str]] = []
 
@@ -206,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"adaptation {src.key} -> {tgt.key}: mIoU (%) on the target's test drive, mean +- std over seeds {a.seeds}; "
           f"{a.frames} frames per dataset ({a.camera} camera, {a.train_frames or 'all'} training frames per run), "
           f"source / target models {a.train_steps} steps, adaptation {a.adapt_steps} steps (lr {a.adapt_lr:g}), "
-          f"{a.max_points} points per sample; every run scored at its last step")
+          f"{a.max_points} points per sample; every run scored at its last step"
+          + (f"; overrides {' '.join(a.set)}" if a.set else ""))
     print()
     header = ("row", "2D", "3D", "2D+3D", "labelled target points")
     print("| " + " | ".join(header) + " |")

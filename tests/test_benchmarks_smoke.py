@@ -303,3 +303,12 @@ def test_bench_adaptation_runs(tmp_path: Path) -> None:
     assert len(state) == 1 and state[0]["step"] == 0 and state[0]["queried"] >= points[3] == state[0]["labelled_points"]
     again = _run("bench_adaptation.py", "--smoke", "--threads", "1", "--work", str(tmp_path / "ad"))
     assert "$ terraseg" not in again and "0 command(s) run" in again
+    # --jobs: seed 1 in its own process (seed 0 reused), then one table over both seeds
+    both = _run("bench_adaptation.py", "--smoke", "--seeds", "0,1", "--jobs", "2", "--strategies", "random",
+                "--threads", "1", "--work", str(tmp_path / "ad"))
+    assert "--seeds 1 --jobs 1 --threads 1" in both and "seed 1: exit status 0" in both and "$ terraseg" not in both
+    log = (tmp_path / "ad" / "seed-1.log").read_text()
+    assert sorted(line[2:].split()[1] for line in log.splitlines() if line.startswith("$ terraseg ")) == sorted(
+        ["train"] * 2 + ["adapt"] * 2 + ["eval"] * 4)
+    row = next(line for line in both.splitlines() if line.startswith("| adapt + 1 % random |"))
+    assert all("+-" in c for c in row.strip("|").split("|")[1:4])
