@@ -70,9 +70,10 @@ class AdaptBench(Bench):
         terraseg(["train", str(RECIPE), *over, "--overwrite", "-q"], self.log)
         return ckpt
 
-    def adapt(self, source: Path, target: Path, seed: int, strategy: str | None) -> Path:
+    def adapt(self, source: Path, target: Path, seed: int, strategy: str | None, random_fraction: float = 0.0) -> Path:
         a = self.a
         tag = "pl" if strategy is None else f"{strategy}-{a.budget:g}pct"
+        tag += f"-r{random_fraction * 100:g}" if random_fraction else ""
         name = f"{source.parents[1].name}--adapt-{target.name}-{tag}-{a.adapt_steps}steps"
         run = self.work / "runs" / name
         ckpt = run / "checkpoints" / "last.pth"
@@ -93,6 +94,7 @@ class AdaptBench(Bench):
         if strategy is not None:
             over += [f"adapt.active.strategy={strategy}", f"adapt.active.budget={a.budget}", "adapt.active.at=[0.0]",
                      "adapt.active.annotator=oracle"]
+            over += [f"adapt.active.options.random_fraction={random_fraction:g}"] if random_fraction else []
         terraseg(["adapt", str(recipe), *over, "--overwrite", "-q"], self.log)
         return ckpt
 
@@ -181,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapt-lr", type=float, default=1e-3, help="learning rate of adaptation (Adam)")
     p.add_argument("--lambda-xm-trg", type=float, default=0.1, help="target cross-modal KL weight (xMUDA 0.1)")
     p.add_argument("--budget", type=float, default=1.0, help="percent of each scan's in-view points labelled")
-    p.add_argument("--strategies", default=None, help="comma-separated, or all (the default; --smoke: random,entropy)")
+    p.add_argument("--strategies", default=None,
+                   help="comma-separated, or all (the default; --smoke: random,entropy); NAME@F draws the share F "
+                        "of each frame's budget at random first (adapt.active.options.random_fraction)")
     p.add_argument("--threads", type=int, default=0, help="torch / numba threads (0: all cores, split between jobs)")
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once, one process each (a GPU or many cores)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -195,10 +199,19 @@ def main(argv: list[str] | None = None) -> int:
         a.train_frames, a.val_frames, a.max_points = 0, 1, 512
         a.strategies = a.strategies or ",".join(SMOKE_STRATEGIES)
     a.strategies = a.strategies or "all"
-    strategies = list(ALL_STRATEGIES) if a.strategies == "all" else [s.strip() for s in a.strategies.split(",") if s.strip()]
-    bad = [s for s in strategies if s not in ALL_STRATEGIES]
-    if bad:
-        p.error(f"--strategies: unknown {bad[0]!r} (known: {', '.join(ALL_STRATEGIES)}, or all)")
+    tokens = list(ALL_STRATEGIES) if a.strategies == "all" else [s.strip() for s in a.strategies.split(",") if s.strip()]
+    strategies: list[tuple[str, float]] = []
+    for tok in tokens:
+        name, _, frac = tok.partition("@")
+        if name not in ALL_STRATEGIES:
+            p.error(f"--strategies: unknown {name!r} (known: {', '.join(ALL_STRATEGIES)}, or all)")
+        try:
+            f = float(frac) if frac else 0.0
+        except ValueError:
+            f = -1.0
+        if not 0.0 <= f <= 1.0:
+            p.error(f"--strategies: {tok!r}: the share after @ is the random fraction, a number in [0, 1]")
+        strategies.append((name, f))
     if a.threads:
         import torch
 
@@ -236,10 +249,11 @@ def main(argv: list[str] | None = None) -> int:
           + ("ok (>= 5)" if gap >= 5 else "TOO SMALL (< 5): the domains are too close to show adaptation"), flush=True)
     ceiling = rows.pop()
     collect("adapt: pseudo-labels + xM", [bench.adapt(s, d_tgt, seed, None) for s, seed in zip(sources, seeds)], "0")
-    for strat in strategies:
-        ck = [bench.adapt(s, d_tgt, seed, strat) for s, seed in zip(sources, seeds)]
+    for strat, frac in strategies:
+        ck = [bench.adapt(s, d_tgt, seed, strat, frac) for s, seed in zip(sources, seeds)]
         n = [labelled_points(c) for c in ck]
-        collect(f"adapt + {a.budget:g} % {strat}", ck, f"{np.mean(n):.0f}")
+        label = f"adapt + {a.budget:g} % {strat}" + (f" ({frac * 100:g} % of it random)" if frac else "")
+        collect(label, ck, f"{np.mean(n):.0f}")
     rows.append(ceiling)
 
     print()

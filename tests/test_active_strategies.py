@@ -100,6 +100,36 @@ def test_strategy_takes_every_remaining_point(strategy: str) -> None:
         select(strategy, ctx, 41, labelled)
 
 
+@pytest.mark.parametrize("strategy", ["entropy", "knn_entropy", "regions", "voxel_entropy", "redal"])
+def test_random_fraction_takes_that_share_at_random_then_the_strategy(strategy: str) -> None:
+    ctx = make_frame()
+    labelled = np.zeros(ctx.n, dtype=bool)
+    labelled[::4] = True
+    budget = 25
+    plain = select(strategy, ctx, budget, labelled)
+    assert (select(strategy, ctx, budget, labelled, StrategyOptions(random_fraction=0.0)) == plain).all()
+    mixed = select(strategy, ctx, budget, labelled, StrategyOptions(random_fraction=0.4))
+    assert len(mixed) == budget == len(np.unique(mixed)) and not labelled[mixed].any()
+    # round(0.4 * 25) = 10 points drawn as the random strategy draws them, then the strategy's 15
+    # among the points left
+    rand10 = select("random", ctx, 10, labelled)
+    after = labelled.copy()
+    after[rand10] = True
+    rest = select(strategy, ctx, 15, after)
+    assert mixed.tolist() == sorted(rand10.tolist() + rest.tolist())
+    every = select(strategy, ctx, budget, labelled, StrategyOptions(random_fraction=1.0))
+    assert (every == select("random", ctx, budget, labelled)).all()
+    # the random strategy itself ignores the option
+    assert (select("random", ctx, budget, labelled, StrategyOptions(random_fraction=0.4)) ==
+            select("random", ctx, budget, labelled)).all()
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True])
+def test_random_fraction_outside_0_1_is_one_clear_error(bad: object) -> None:
+    with pytest.raises(ConfigError, match="random_fraction must be a number in \\[0, 1\\], got"):
+        StrategyOptions(random_fraction=bad)  # type: ignore[arg-type]
+
+
 def test_uncertainty_strategies_rank_as_the_reference() -> None:
     p2 = np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4], [0.99, 0.01], [0.7, 0.3]])
     p3 = np.array([[0.8, 0.2], [0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.7, 0.3]])

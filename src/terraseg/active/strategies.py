@@ -195,6 +195,10 @@ class StrategyOptions:
         voxel_size: VCD voxel edge in metres.
         redal_alpha, redal_gamma, redal_clusters, redal_decay: ReDAL weights, k-means clusters
             and importance decay.
+        random_fraction: share of every frame's budget, in [0, 1], drawn uniformly at random
+            before the strategy chooses the rest (a hedge against a source model that is
+            confidently wrong about whole classes, which no uncertainty score ever asks about; not
+            in the reference). ``round(random_fraction * budget)`` items; 0: the strategy alone.
     """
 
     seed: int = 0
@@ -212,6 +216,12 @@ class StrategyOptions:
     redal_gamma: float = 0.05
     redal_clusters: int = 20
     redal_decay: float = 0.95
+    random_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        f = self.random_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= float(f) <= 1.0:
+            raise ConfigError(f"random_fraction must be a number in [0, 1], got {f!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The options that can be written to a round file (callables are left out)."""
@@ -408,7 +418,16 @@ def select(strategy: str, ctx: FrameContext, budget: int, labelled: Any = None,
                         f"items left (of {ctx.n})")
     if budget == 0:
         return np.zeros(0, dtype=np.int64)
-    idx = np.asarray(fn(ctx, lab, budget, options or StrategyOptions()), dtype=np.int64)
+    opts = options or StrategyOptions()
+    n_random = int(round(float(opts.random_fraction) * budget)) if strategy != "random" else 0
+    if n_random:
+        picked = _random(ctx, lab, n_random, opts)
+        rest = lab.copy()
+        rest[picked] = True
+        chosen = fn(ctx, rest, budget - n_random, opts) if budget > n_random else np.zeros(0, dtype=np.int64)
+        idx = np.concatenate([picked, np.asarray(chosen, dtype=np.int64)])
+    else:
+        idx = np.asarray(fn(ctx, lab, budget, opts), dtype=np.int64)
     if len(idx) != budget or len(np.unique(idx)) != budget or lab[idx].any():  # pragma: no cover - a bug
         raise RuntimeError(f"strategy {strategy!r} returned {len(idx)} indices for a budget of {budget} "
                            f"on frame {ctx.name} (or repeated / labelled ones)")
