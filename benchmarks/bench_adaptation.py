@@ -18,9 +18,9 @@ Datasets, checkpoints and scores in ``--work`` are reused by a later run with th
 
 Usage:
     python benchmarks/bench_adaptation.py --work runs/adaptation              # the defaults (< 30 min, 2 cores)
-    python benchmarks/bench_adaptation.py --work runs/adaptation --strategies random,knn_entropy
-    python benchmarks/bench_adaptation.py --work runs/gpu --jobs 3 --train-frames 0 --max-points 4096 \
-        --train-steps 1500 --adapt-steps 400                                  # a GPU: seeds in parallel
+    python benchmarks/bench_adaptation.py --work runs/adaptation --strategies random,knn_entropy@0.5
+    python benchmarks/bench_adaptation.py --work runs/big --jobs 3 --train-frames 0 --max-points 4096 \
+        --train-steps 1500 --adapt-steps 400      # seeds in parallel (many cores; data loading bounds a GPU)
     python benchmarks/bench_adaptation.py --smoke                             # the pipeline only
 """
 
