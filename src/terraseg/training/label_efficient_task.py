@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +155,8 @@ def target_cache(cfg: TrainConfig, teacher: LoadedTeacher, run_dir: Path) -> tup
     teacher's weights, the views and where the images come from)."""
     di = cfg.distill
     images = CameraImages(di.images, cfg.data.root)
-    settings = ViewSettings(di.views, di.ring_views, tuple(di.view_size), di.hfov_deg, di.pitch_deg,  # type: ignore[arg-type]
-                            di.splat_radius, di.border)
+    settings = ViewSettings(**{f.name: getattr(di, f.name) for f in fields(ViewSettings)
+                               if f.name != "view_size"}, view_size=tuple(di.view_size))  # type: ignore[arg-type]
     root = Path(di.cache_dir) if di.cache_dir else run_dir / "distill_targets"
     cache = TargetCache(root, {"teacher": teacher.fingerprint, "views": settings.to_dict(), "images": images.describe()})
     return cache, settings, images
@@ -397,14 +397,7 @@ class LabelEfficientModule(SegmentationModule):
             if bool(ok.any()) and not self.distilling:
                 self.log("train/acc", (class_ids(logits.transpose(1, 2))[ok] == target[ok]).float().mean() * 100.0,
                          batch_size=n)
-        now = time.perf_counter()
-        if self._t_batch is not None and now > self._t_batch:
-            self.log("train/samples_per_s", n * self.trainer.world_size / (now - self._t_batch), batch_size=n)
-        self._t_batch = now
-        opt = self.optimizers()
-        if not isinstance(opt, list):
-            top = max(opt.param_groups, key=lambda g: g.get("lr_scale", 1.0))  # type: ignore[union-attr]
-            self.log("train/lr", float(top["lr"]), prog_bar=True, batch_size=n)
+        self.log_speed_and_lr(n)
         return loss
 
     # ------------------------------------------------------------------ validation

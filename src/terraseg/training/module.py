@@ -251,17 +251,20 @@ class SegmentationModule(L.LightningModule):
             ok = tgt != IGNORE_INDEX
             acc = (pred[ok] == tgt[ok]).float().mean() if bool(ok.any()) else torch.tensor(0.0)
         self.log("train/acc", acc * 100.0, batch_size=n)
+        self.log_speed_and_lr(n)
+        return loss
+
+    def log_speed_and_lr(self, n: int) -> None:
+        """Log ``train/samples_per_s`` (all ranks, since the previous batch) and ``train/lr`` (the
+        group with the largest ``lr_scale``) for a batch of ``n`` samples."""
         now = time.perf_counter()
-        if self._t_batch is not None:
-            dt = now - self._t_batch
-            if dt > 0:
-                self.log("train/samples_per_s", n * self.trainer.world_size / dt, batch_size=n)
+        if self._t_batch is not None and now > self._t_batch:
+            self.log("train/samples_per_s", n * self.trainer.world_size / (now - self._t_batch), batch_size=n)
         self._t_batch = now
         opt = self.optimizers()
         if not isinstance(opt, list):
             top = max(opt.param_groups, key=lambda g: g.get("lr_scale", 1.0))  # type: ignore[union-attr]
             self.log("train/lr", float(top["lr"]), prog_bar=True, batch_size=n)
-        return loss
 
     def on_train_epoch_start(self) -> None:
         self._t_batch = None
