@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,17 @@ def reference_dir() -> Path:
     if not REFERENCE.is_dir():
         pytest.skip(f"reference documents not found at {REFERENCE} (the ../shared checkout is absent)")
     return REFERENCE
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a test module, restored after it: deterministic float sums (exact
+    resumes compared bit for bit), and no OpenMP barriers spinning on a 2-core machine that other
+    test processes share (they made these small networks many times slower). Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")`` or as an argument of a module fixture."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

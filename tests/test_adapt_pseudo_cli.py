@@ -33,15 +33,7 @@ def tiny_fusion_recipe(root: Path, out: Path, name: str = "src", steps: int = 1)
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
-    """One CPU thread (deterministic sums; faster on a shared machine)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

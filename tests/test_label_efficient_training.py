@@ -23,14 +23,7 @@ from terraseg.training.config import TrainConfig
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """One torch thread: on a busy 2-core machine OpenMP barriers make these small networks far slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
