@@ -116,6 +116,13 @@ def test_recipe_defaults_are_the_library_defaults() -> None:
                                                                         boundary.DEFAULT_ENERGY_TEMPERATURE)
     assert (c.DEFAULT_TEMPERATURE, c.DEFAULT_CONFIDENCE, c.DEFAULT_MAX_REGIONS) == (
         contrast.DEFAULT_TEMPERATURE, contrast.DEFAULT_CONFIDENCE, contrast.DEFAULT_MAX_REGIONS)
+    from dataclasses import fields
+
+    from terraseg.label_efficient.targets import ViewSettings
+
+    distill = c.DistillConfig()  # its view keys become a ViewSettings field by field
+    for f in fields(ViewSettings):
+        assert getattr(distill, f.name) == f.default, f.name
 
 
 # ---------------------------------------------------------------------------------------------- sparse labels
